@@ -1,0 +1,19 @@
+"""Triton kernels and their PyTorch references (installed as `dit_sparse.kernels`)."""
+
+from .block_sparse_attention import (
+    KernelConfig,
+    block_sparse_attention,
+    block_sparse_attention_reference,
+    default_config,
+)
+from .reorder import TokenOrder, reorder_tokens, reorder_tokens_reference
+
+__all__ = [
+    "KernelConfig",
+    "TokenOrder",
+    "block_sparse_attention",
+    "block_sparse_attention_reference",
+    "default_config",
+    "reorder_tokens",
+    "reorder_tokens_reference",
+]

@@ -1,0 +1,270 @@
+"""Block-sparse flash attention (forward) in Triton, and its PyTorch reference.
+
+Query block i of (batch b, head h) attends exactly the key blocks
+`kv_indices[b, h, i, :kv_counts[b, h, i]]`. Index tables may be broadcast views (size-1 or
+stride-0 B/H dims), so a few shared templates serve all heads without copies.
+
+With `order=` (a `TokenOrder`), the heads named by `reordered_heads` are attended in
+position-major token order: their block lists index blocks of the reordered sequence, and the
+kernel reads q, k, v and writes the output through the index map, so no reordered copy is made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .reorder import TokenOrder, _head_mask, native_rows, reorder_tokens_reference
+from .utils import check_backend, use_triton
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+MAX_HEAD_DIM = 256
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape and pipelining of the Triton kernel (BLOCK_M and BLOCK_N divide block_size)."""
+
+    block_m: int = 128
+    block_n: int = 128
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def default_config(head_dim: int, block_size: int) -> KernelConfig:
+    """Tuned on an H100 (docs/results/kernels_h100.md); smaller tiles for smaller blocks."""
+    block_m = min(128, block_size)
+    block_n = min(128, block_size)
+    if block_m * block_n < 128 * 128:
+        return KernelConfig(block_m, block_n, num_warps=4, num_stages=3)
+    return KernelConfig(block_m, block_n, num_warps=8, num_stages=3)
+
+
+@triton.jit
+def _bsa_fwd_kernel(
+    Q, K, V, O, LSE, IDX, CNT, RH,
+    sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
+    sib, sih, sim, sin_, scb, sch, scm, srb, srh,
+    H, S, NB, qk_scale,
+    VSTART, FRAMES, POSITIONS,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr,
+):
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
+    count = tl.load(CNT + b * scb + h * sch + qblk * scm)
+    idx_row = IDX + b * sib + h * sih + qblk * sim
+
+    flag = 0
+    if REORDER:
+        flag = tl.load(RH + b * srb + h * srh)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < S
+    q_rows = rows
+    if REORDER:
+        q_rows = native_rows(rows, flag, VSTART, FRAMES, POSITIONS)
+    q_rows = tl.minimum(q_rows, S - 1).to(tl.int64)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + q_rows[:, None] * sqs + offs_d[None, :], mask=d_ok[None, :])
+
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    for j in range(0, count * SUB):
+        kb = tl.load(idx_row + (j // SUB) * sin_)
+        kb = tl.minimum(tl.maximum(kb, 0), NB - 1)
+        cols = kb * BLOCK_SIZE + (j % SUB) * BLOCK_N + offs_n
+        k_rows = cols
+        if REORDER:
+            k_rows = native_rows(cols, flag, VSTART, FRAMES, POSITIONS)
+        k_rows = tl.minimum(k_rows, S - 1).to(tl.int64)
+        k = tl.load(k_base + k_rows[:, None] * sks + offs_d[None, :], mask=d_ok[None, :])
+        qk = tl.dot(q, tl.trans(k))
+        bias = tl.where(cols < S, 0.0, float("-inf"))
+        qk = qk * qk_scale + bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + k_rows[:, None] * svs + offs_d[None, :], mask=d_ok[None, :])
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+
+    nonempty = l_i > 0.0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    out_rows = q_rows
+    tl.store(
+        O + b * sob + h * soh + out_rows[:, None] * sos + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+    if RETURN_LSE:
+        lse = tl.where(nonempty, (m_i + tl.math.log2(tl.where(nonempty, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        tl.store(LSE + pid_bh.to(tl.int64) * S + out_rows, lse, mask=row_ok)
+
+
+def _check_inputs(q, k, v, kv_indices, kv_counts, block_size):
+    """Validate shapes and dtypes; return the index tables broadcast to (B, H, ...)."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k, v must all be (B, H, S, D) with the same shape (self-attention), got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share one dtype of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
+        raise ValueError("q, k, v must have a contiguous last (head) dimension")
+    B, H, S, D = q.shape
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} is not supported: 1..{MAX_HEAD_DIM}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    nb = triton.cdiv(S, block_size)
+    if kv_indices.dtype != torch.int32 or kv_counts.dtype != torch.int32:
+        raise ValueError(f"kv_indices and kv_counts must be int32, got {kv_indices.dtype} and {kv_counts.dtype}")
+    if kv_indices.dim() != 4 or kv_counts.dim() != 3:
+        raise ValueError(
+            f"kv_indices must be (B, H, {nb}, max_kv_blocks) and kv_counts (B, H, {nb}); "
+            f"got {tuple(kv_indices.shape)} and {tuple(kv_counts.shape)}"
+        )
+    try:
+        idx = kv_indices.expand(B, H, nb, kv_indices.shape[-1])
+        cnt = kv_counts.expand(B, H, nb)
+    except RuntimeError as e:
+        raise ValueError(
+            f"index tables of shapes {tuple(kv_indices.shape)} / {tuple(kv_counts.shape)} do not fit "
+            f"(B, H, S/block_size) = ({B}, {H}, {nb}) for S={S}, block_size={block_size}"
+        ) from e
+    if idx.device != q.device or cnt.device != q.device:
+        raise ValueError(f"kv_indices and kv_counts must be on q's device {q.device}")
+    return idx, cnt
+
+
+def _block_mask(idx: torch.Tensor, cnt: torch.Tensor, nb: int) -> torch.Tensor:
+    """Dense (B, H, nb, nb) bool block mask from index lists (block level only: small)."""
+    valid = torch.arange(idx.shape[-1], device=idx.device) < cnt[..., None]
+    if bool((cnt < 0).any()) or bool((cnt > idx.shape[-1]).any()):
+        raise ValueError(f"kv_counts must lie in [0, {idx.shape[-1]}]")
+    if bool((valid & ((idx < 0) | (idx >= nb))).any()):
+        raise ValueError(f"kv_indices must lie in [0, {nb}) where counted")
+    sel = idx.long().where(valid, nb)
+    mask = torch.zeros(*idx.shape[:3], nb + 1, dtype=torch.bool, device=idx.device)
+    mask.scatter_(3, sel, True)
+    return mask[..., :nb]
+
+
+def _reorder_args(order, reordered_heads, B, H, S, device):
+    if order is None:
+        if reordered_heads is not None:
+            raise ValueError("reordered_heads needs order= (a TokenOrder)")
+        return None
+    if not isinstance(order, TokenOrder):
+        raise ValueError(f"order must be a TokenOrder, got {type(order).__name__}")
+    if order.num_tokens != S:
+        raise ValueError(f"order describes {order.num_tokens} tokens but S = {S}")
+    return _head_mask(reordered_heads, B, H, device)
+
+
+def block_sparse_attention_reference(
+    q, k, v, kv_indices, kv_counts, *, block_size=128, scale=None, return_lse=False, backend="torch",
+    order=None, reordered_heads=None,
+):
+    """Plain PyTorch block-sparse attention, same semantics as `block_sparse_attention`.
+
+    Computes in float32, a chunk of query blocks at a time, so no (B, H, S, S) tensor exists.
+    """
+    check_backend(backend)
+    idx, cnt = _check_inputs(q, k, v, kv_indices, kv_counts, block_size)
+    B, H, S, D = q.shape
+    heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
+    if heads is not None:
+        q, k, v = (reorder_tokens_reference(t, order, heads) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    nb = triton.cdiv(S, block_size)
+    mask = _block_mask(idx, cnt, nb)
+    kf, vf = k.float(), v.float()
+    out = torch.empty(B, H, S, D, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device)
+    rows_per_chunk = max(block_size, (1 << 24) // max(1, B * H * S) // block_size * block_size)
+    for r0 in range(0, S, rows_per_chunk):
+        r1 = min(S, r0 + rows_per_chunk)
+        scores = q[:, :, r0:r1].float() @ kf.transpose(-1, -2) * scale
+        m = mask[:, :, r0 // block_size : triton.cdiv(r1, block_size)]
+        m = m.repeat_interleave(block_size, 2)[:, :, : r1 - r0].repeat_interleave(block_size, 3)[..., :S]
+        scores.masked_fill_(~m, float("-inf"))
+        chunk_lse = torch.logsumexp(scores, -1)
+        safe = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
+        out[:, :, r0:r1] = torch.exp(scores - safe[..., None]) @ vf
+        lse[:, :, r0:r1] = chunk_lse
+    out = out.to(q.dtype)
+    if heads is not None:
+        out = reorder_tokens_reference(out, order, heads, inverse=True)
+        lse = reorder_tokens_reference(lse[..., None], order, heads, inverse=True)[..., 0]
+    return (out, lse) if return_lse else out
+
+
+def block_sparse_attention(
+    q, k, v, kv_indices, kv_counts, *, block_size=128, scale=None, return_lse=False, backend="auto",
+    order=None, reordered_heads=None, config: KernelConfig | None = None,
+):
+    """Block-sparse attention over (B, H, S, D) q, k, v.
+
+    kv_indices: int32 (B, H, ceil(S / block_size), max_kv_blocks) and kv_counts: int32
+    (B, H, ceil(S / block_size)); size-1 or expanded B/H dims are fine. A query block with
+    count 0 gives zeros (lse = -inf). Returns the output in q's dtype and, with
+    `return_lse=True`, the natural-log log-sum-exp per query row, (B, H, S) float32.
+
+    order / reordered_heads: attend the chosen heads (default: all) in position-major order of
+    `order`, a `TokenOrder`; their block lists refer to that order; output stays native.
+
+    backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (the reference), or
+    "auto" (Triton on CUDA, the reference on CPU). Block indices are not range-checked on the
+    Triton path (that would synchronise with the host); out-of-range ones are clamped.
+    """
+    check_backend(backend)
+    if not use_triton(backend, q):
+        return block_sparse_attention_reference(
+            q, k, v, kv_indices, kv_counts, block_size=block_size, scale=scale, return_lse=return_lse,
+            order=order, reordered_heads=reordered_heads,
+        )
+    idx, cnt = _check_inputs(q, k, v, kv_indices, kv_counts, block_size)
+    B, H, S, D = q.shape
+    heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    cfg = config or default_config(D, block_size)
+    if block_size % cfg.block_m or block_size % cfg.block_n:
+        raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
+    out = torch.empty(B, H, S, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out
+    rh = heads if heads is not None else cnt
+    o = order or TokenOrder(1, 1)
+    grid = (triton.cdiv(S, cfg.block_m), B * H)
+    _bsa_fwd_kernel[grid](
+        q, k, v, out, lse, idx, cnt, rh,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
+        H, S, triton.cdiv(S, block_size), scale * LOG2E,
+        o.video_start, o.frames, o.positions,
+        D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_SIZE=block_size, REORDER=heads is not None, RETURN_LSE=return_lse,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return (out, lse) if return_lse else out

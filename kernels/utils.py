@@ -1,0 +1,37 @@
+"""Backend choice shared by the kernels."""
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def check_backend(backend: str):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(backend: str, x: torch.Tensor) -> bool:
+    """Whether `backend` runs the Triton kernel for tensors on x's device.
+
+    "auto": Triton on CUDA, the reference elsewhere. "triton" on a CPU tensor is only possible
+    under the interpreter; anything else is an error that says so.
+    """
+    if backend == "torch":
+        return False
+    if x.is_cuda:
+        return True
+    if backend == "triton":
+        if interpreting():
+            return True
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU "
+            "interpreter); use backend='torch' or 'auto' on the CPU"
+        )
+    return False

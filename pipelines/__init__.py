@@ -1,0 +1,1 @@
+"""Drop-in sparse pipelines (installed as `dit_sparse.pipelines`)."""
