@@ -5,8 +5,9 @@ Query block i of (batch b, head h) attends exactly the key blocks
 stride-0 B/H dims), so a few shared templates serve all heads without copies.
 
 With `order=` (a `TokenOrder`), the heads named by `reordered_heads` are attended in
-position-major token order: their block lists index blocks of the reordered sequence, and the
-kernel reads q, k, v and writes the output through the index map, so no reordered copy is made.
+position-major token order: their block lists index blocks of the reordered sequence. Query rows
+are read and outputs written through the index map (no copy); on the TMA path k and v get one
+reordering pass so their tiles stay contiguous, on the pointer path they are gathered in place.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .reorder import TokenOrder, _head_mask, native_rows, reorder_tokens_reference
+from .reorder import TokenOrder, _head_mask, native_rows, reorder_tokens, reorder_tokens_reference
 from .utils import check_backend, use_triton
 
 LOG2E = 1.4426950408889634
@@ -34,15 +36,98 @@ class KernelConfig:
     block_n: int = 128
     num_warps: int = 8
     num_stages: int = 3
+    tma: bool = True  # TMA tiles where possible (Hopper+, native order, aligned strides)
+    tail_branch: bool = False  # mask only the last key block instead of every tile
 
 
-def default_config(head_dim: int, block_size: int) -> KernelConfig:
-    """Tuned on an H100 (docs/results/kernels_h100.md); smaller tiles for smaller blocks."""
+def default_config(head_dim: int, block_size: int, tma: bool = True) -> KernelConfig:
+    """Tuned on an H100 (docs/results/kernel_sweep_h100.json): 128 x 64 tiles, 4 warps, 2 stages;
+    TMA tiles with the tail-only mask, pointer tiles with the per-tile mask."""
     block_m = min(128, block_size)
-    block_n = min(128, block_size)
-    if block_m * block_n < 128 * 128:
-        return KernelConfig(block_m, block_n, num_warps=4, num_stages=3)
-    return KernelConfig(block_m, block_n, num_warps=8, num_stages=3)
+    block_n = min(64, block_size)
+    return KernelConfig(block_m, block_n, num_warps=4, num_stages=2, tma=tma, tail_branch=tma)
+
+
+@triton.jit
+def _online_softmax_step(q, k, v, m_i, l_i, acc, cols, S, qk_scale, is_tail, TAIL_BRANCH: tl.constexpr):
+    """One key tile of flash attention's online softmax (scores in log2 units)."""
+    qk = tl.dot(q, tl.trans(k))
+    if TAIL_BRANCH:
+        # mask only the last key block; the other tiles skip the bias add
+        if is_tail:
+            qk = tl.where((cols < S)[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    else:
+        qk = qk * qk_scale + tl.where(cols < S, 0.0, float("-inf"))[None, :]
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _finish(acc, m_i, l_i):
+    """Normalised output and natural-log lse; empty rows give 0 and -inf."""
+    nonempty = l_i > 0.0
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    lse = tl.where(nonempty, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    return acc / l_safe[:, None], lse
+
+
+@triton.jit
+def _bsa_fwd_tma_kernel(
+    Q, O, q_desc, k_desc, v_desc, o_desc, LSE, IDX, CNT, RH,
+    sqb, sqh, sqs, sob, soh, sos, sib, sih, sim, sin_, scb, sch, scm, srb, srh,
+    H, S, NB, qk_scale,
+    VSTART, FRAMES, POSITIONS,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr, TAIL_BRANCH: tl.constexpr,
+):
+    """K/V tiles move by TMA (D == BLOCK_D, 16-byte aligned strides). With REORDER, k and v
+    arrive already reordered, and the query rows of flagged heads are read and their outputs
+    written through the position-major index map (once per tile, so pointer access is cheap)."""
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
+    count = tl.load(CNT + b64 * scb + h64 * sch + qblk * scm)
+    idx_row = IDX + b64 * sib + h64 * sih + qblk * sim
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    if REORDER:
+        flag = tl.load(RH + b64 * srb + h64 * srh)
+        q_rows = tl.minimum(native_rows(rows, flag, VSTART, FRAMES, POSITIONS), S - 1).to(tl.int64)
+        q = tl.load(Q + b64 * sqb + h64 * sqh + q_rows[:, None] * sqs + offs_d[None, :])
+    else:
+        q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    for j in range(0, count * SUB):
+        kb = tl.load(idx_row + (j // SUB) * sin_)
+        kb = tl.minimum(tl.maximum(kb, 0), NB - 1)
+        start = kb * BLOCK_SIZE + (j % SUB) * BLOCK_N
+        k = k_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, kb == NB - 1, TAIL_BRANCH)
+    out, lse = _finish(acc, m_i, l_i)
+    if REORDER:
+        tl.store(O + b64 * sob + h64 * soh + q_rows[:, None] * sos + offs_d[None, :], out.to(O.dtype.element_ty), mask=(rows < S)[:, None])
+        lse_rows = q_rows
+    else:
+        o_desc.store([b, h, pid_m * BLOCK_M, 0], out.to(o_desc.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
+        lse_rows = rows
+    if RETURN_LSE:
+        tl.store(LSE + pid_bh.to(tl.int64) * S + lse_rows, lse, mask=rows < S)
 
 
 @triton.jit
@@ -53,8 +138,9 @@ def _bsa_fwd_kernel(
     H, S, NB, qk_scale,
     VSTART, FRAMES, POSITIONS,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr, TAIL_BRANCH: tl.constexpr,
 ):
+    """Pointer loads: any strides, any D, and reordered heads read through the index map."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -94,29 +180,27 @@ def _bsa_fwd_kernel(
             k_rows = native_rows(cols, flag, VSTART, FRAMES, POSITIONS)
         k_rows = tl.minimum(k_rows, S - 1).to(tl.int64)
         k = tl.load(k_base + k_rows[:, None] * sks + offs_d[None, :], mask=d_ok[None, :])
-        qk = tl.dot(q, tl.trans(k))
-        bias = tl.where(cols < S, 0.0, float("-inf"))
-        qk = qk * qk_scale + bias[None, :]
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + k_rows[:, None] * svs + offs_d[None, :], mask=d_ok[None, :])
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_new
-
-    nonempty = l_i > 0.0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    out_rows = q_rows
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, cols, S, qk_scale, kb == NB - 1, TAIL_BRANCH)
+    out, lse = _finish(acc, m_i, l_i)
     tl.store(
-        O + b * sob + h * soh + out_rows[:, None] * sos + offs_d[None, :],
+        O + b * sob + h * soh + q_rows[:, None] * sos + offs_d[None, :],
         out.to(O.dtype.element_ty),
         mask=row_ok[:, None] & d_ok[None, :],
     )
     if RETURN_LSE:
-        lse = tl.where(nonempty, (m_i + tl.math.log2(tl.where(nonempty, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        tl.store(LSE + pid_bh.to(tl.int64) * S + out_rows, lse, mask=row_ok)
+        tl.store(LSE + pid_bh.to(tl.int64) * S + q_rows, lse, mask=row_ok)
+
+
+def _tma_ok(*tensors) -> bool:
+    """TMA needs a Hopper-or-newer GPU (or the interpreter), 16-byte aligned bases and strides."""
+    t0 = tensors[0]
+    if t0.is_cuda and torch.cuda.get_device_capability(t0.device)[0] < 9:
+        return False
+    return all(
+        t.data_ptr() % 16 == 0 and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
+        for t in tensors
+    )
 
 
 def _check_inputs(q, k, v, kv_indices, kv_counts, block_size):
@@ -249,22 +333,41 @@ def block_sparse_attention(
     B, H, S, D = q.shape
     heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    cfg = config or default_config(D, block_size)
+    tma = _tma_ok(q, k, v)
+    cfg = config or default_config(D, block_size, tma)
     if block_size % cfg.block_m or block_size % cfg.block_n:
         raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
     out = torch.empty(B, H, S, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out
+    block_d = max(16, triton.next_power_of_2(D))
+    grid = (triton.cdiv(S, cfg.block_m), B * H)
+    common = dict(
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_SIZE=block_size, RETURN_LSE=return_lse,
+        TAIL_BRANCH=cfg.tail_branch, REORDER=heads is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
     rh = heads if heads is not None else cnt
     o = order or TokenOrder(1, 1)
-    grid = (triton.cdiv(S, cfg.block_m), B * H)
+    if cfg.tma and tma and D == block_d:
+        if heads is not None:  # one pass over k and v buys TMA tiles in the hot loop
+            k, v = (reorder_tokens(t, order, heads) for t in (k, v))
+        descs = [
+            TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if t is q or t is out else cfg.block_n, D])
+            for t in (q, k, v, out)
+        ]
+        _bsa_fwd_tma_kernel[grid](
+            q, out, *descs, lse, idx, cnt, rh,
+            *q.stride()[:3], *out.stride()[:3], *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
+            H, S, triton.cdiv(S, block_size), scale * LOG2E,
+            o.video_start, o.frames, o.positions, BLOCK_D=block_d, **common,
+        )
+        return (out, lse) if return_lse else out
     _bsa_fwd_kernel[grid](
         q, k, v, out, lse, idx, cnt, rh,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
         H, S, triton.cdiv(S, block_size), scale * LOG2E,
         o.video_start, o.frames, o.positions,
-        D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_SIZE=block_size, REORDER=heads is not None, RETURN_LSE=return_lse,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        D=D, BLOCK_D=block_d, **common,
     )
     return (out, lse) if return_lse else out

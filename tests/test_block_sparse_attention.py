@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dit_sparse.kernels import (
+    KernelConfig,
     TokenOrder,
     block_sparse_attention,
     block_sparse_attention_reference,
@@ -58,6 +59,23 @@ def test_triton_matches_reference(S, D, block_size):
     assert torch.all(lse[:, :, :block_size] == float("-inf"))
     if S <= 333:
         torch.testing.assert_close(ref, dense_masked_attention(q, k, v, idx, cnt, block_size), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [KernelConfig(64, 32, 4, 2, tma=False), KernelConfig(64, 32, 4, 2, tma=True, tail_branch=True),
+     KernelConfig(32, 64, 4, 2, tma=False, tail_branch=True), KernelConfig(64, 64, 4, 2, tma=True)],
+)
+def test_kernel_variants_match_reference(config):
+    """Pointer and TMA tiles, tail-only masking, tiles smaller than the block."""
+    gen = torch.Generator().manual_seed(11)
+    B, H, S, D, bs = 2, 3, 333, 64, 64
+    q, k, v = (torch.randn(B, H, S, D, generator=gen) for _ in range(3))
+    idx, cnt = random_tables(B, H, math.ceil(S / bs), 0.5, gen)
+    out, lse = block_sparse_attention(q, k, v, idx, cnt, block_size=bs, return_lse=True, backend="triton", config=config)
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, idx, cnt, block_size=bs, return_lse=True)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-5)
 
 
 def test_lse_is_log_sum_exp_of_scaled_scores():
@@ -115,9 +133,11 @@ def test_strided_qkv_views():
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("text_position,text_len", [("none", 0), ("prefix", 13), ("suffix", 7)])
-def test_position_major_heads_read_in_place(text_position, text_len):
-    """Attending reordered heads through the index map equals reorder -> attend -> restore."""
+def test_position_major_heads(text_position, text_len, tma):
+    """Reordered heads (TMA path: k, v reordered, q and output through the index map; pointer
+    path: everything through the index map) equal reorder -> attend -> restore."""
     gen = torch.Generator().manual_seed(5)
     order = TokenOrder(frames=5, positions=40, text_len=text_len, text_position=text_position)
     B, H, S, D, bs = 2, 3, order.num_tokens, 64, 32
@@ -125,7 +145,10 @@ def test_position_major_heads_read_in_place(text_position, text_len):
     nb = math.ceil(S / bs)
     idx, cnt = random_tables(B, H, nb, 0.4, gen)
     heads = torch.tensor([[True, False, True], [False, True, False]])
-    out, lse = block_sparse_attention(q, k, v, idx, cnt, block_size=bs, return_lse=True, backend="triton", order=order, reordered_heads=heads)
+    cfg = KernelConfig(32, 32, 4, 2, tma=tma, tail_branch=tma)
+    out, lse = block_sparse_attention(
+        q, k, v, idx, cnt, block_size=bs, return_lse=True, backend="triton", order=order, reordered_heads=heads, config=cfg
+    )
     ref, ref_lse = block_sparse_attention_reference(q, k, v, idx, cnt, block_size=bs, return_lse=True, order=order, reordered_heads=heads)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-5)
