@@ -5,9 +5,9 @@ Query block i of (batch b, head h) attends exactly the key blocks
 stride-0 B/H dims), so a few shared templates serve all heads without copies.
 
 With `order=` (a `TokenOrder`), the heads named by `reordered_heads` are attended in
-position-major token order: their block lists index blocks of the reordered sequence. Query rows
-are read and outputs written through the index map (no copy); on the TMA path k and v get one
-reordering pass so their tiles stay contiguous, on the pointer path they are gathered in place.
+position-major token order: their block lists index blocks of the reordered sequence. Outputs
+are written through the index map (no copy back); on the TMA path q, k and v get one reordering
+pass so their tiles stay contiguous, on the pointer path they are gathered in place.
 """
 
 from __future__ import annotations
@@ -80,16 +80,16 @@ def _finish(acc, m_i, l_i):
 
 @triton.jit
 def _bsa_fwd_tma_kernel(
-    Q, O, q_desc, k_desc, v_desc, o_desc, LSE, IDX, CNT, RH,
-    sqb, sqh, sqs, sob, soh, sos, sib, sih, sim, sin_, scb, sch, scm, srb, srh,
+    O, q_desc, k_desc, v_desc, o_desc, LSE, IDX, CNT, RH,
+    sob, soh, sos, sib, sih, sim, sin_, scb, sch, scm, srb, srh,
     H, S, NB, qk_scale,
     VSTART, FRAMES, POSITIONS,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr, TAIL_BRANCH: tl.constexpr,
 ):
-    """K/V tiles move by TMA (D == BLOCK_D, 16-byte aligned strides). With REORDER, k and v
-    arrive already reordered, and the query rows of flagged heads are read and their outputs
-    written through the position-major index map (once per tile, so pointer access is cheap)."""
+    """Tiles move by TMA (D == BLOCK_D, 16-byte aligned strides). With REORDER, q, k and v
+    arrive already reordered and the outputs of flagged heads are written through the
+    position-major index map (a plain store once per tile, so no copy back is needed)."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -101,13 +101,7 @@ def _bsa_fwd_tma_kernel(
     count = tl.load(CNT + b64 * scb + h64 * sch + qblk * scm)
     idx_row = IDX + b64 * sib + h64 * sih + qblk * sim
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    if REORDER:
-        flag = tl.load(RH + b64 * srb + h64 * srh)
-        q_rows = tl.minimum(native_rows(rows, flag, VSTART, FRAMES, POSITIONS), S - 1).to(tl.int64)
-        q = tl.load(Q + b64 * sqb + h64 * sqh + q_rows[:, None] * sqs + offs_d[None, :])
-    else:
-        q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -121,8 +115,11 @@ def _bsa_fwd_tma_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, kb == NB - 1, TAIL_BRANCH)
     out, lse = _finish(acc, m_i, l_i)
     if REORDER:
-        tl.store(O + b64 * sob + h64 * soh + q_rows[:, None] * sos + offs_d[None, :], out.to(O.dtype.element_ty), mask=(rows < S)[:, None])
-        lse_rows = q_rows
+        flag = tl.load(RH + b64 * srb + h64 * srh)
+        out_rows = native_rows(rows, flag, VSTART, FRAMES, POSITIONS).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        tl.store(O + b64 * sob + h64 * soh + out_rows[:, None] * sos + offs_d[None, :], out.to(O.dtype.element_ty), mask=(rows < S)[:, None])
+        lse_rows = out_rows
     else:
         o_desc.store([b, h, pid_m * BLOCK_M, 0], out.to(o_desc.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
         lse_rows = rows
@@ -349,15 +346,15 @@ def block_sparse_attention(
     rh = heads if heads is not None else cnt
     o = order or TokenOrder(1, 1)
     if cfg.tma and tma and D == block_d:
-        if heads is not None:  # one pass over k and v buys TMA tiles in the hot loop
-            k, v = (reorder_tokens(t, order, heads) for t in (k, v))
+        if heads is not None:  # one pass over q, k, v buys contiguous TMA tiles in the hot loop
+            q, k, v = (reorder_tokens(t, order, heads) for t in (q, k, v))
         descs = [
             TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if t is q or t is out else cfg.block_n, D])
             for t in (q, k, v, out)
         ]
         _bsa_fwd_tma_kernel[grid](
-            q, out, *descs, lse, idx, cnt, rh,
-            *q.stride()[:3], *out.stride()[:3], *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
+            out, *descs, lse, idx, cnt, rh,
+            *out.stride()[:3], *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
             H, S, triton.cdiv(S, block_size), scale * LOG2E,
             o.video_start, o.frames, o.positions, BLOCK_D=block_d, **common,
         )

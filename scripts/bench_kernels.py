@@ -186,7 +186,7 @@ def run_shape(name, flex, records, sweep=False):
     perm = order.position_major_index("cuda")
 
     def ours(idx, cnt, pattern, cfg=None):
-        if pattern == "temporal":  # position-major heads: one pass over k, v; q, o via the index map
+        if pattern == "temporal":  # position-major heads: one pass over q, k, v; output via the index map
             return lambda: block_sparse_attention(q, k, v, idx, cnt, block_size=BLOCK, config=cfg, order=order)
         return lambda: block_sparse_attention(q, k, v, idx, cnt, block_size=BLOCK, config=cfg)
 
@@ -240,10 +240,10 @@ def run_shape(name, flex, records, sweep=False):
             f"  vs_flex {rec['vs_flex']:.2f}  err {err:.1e}",
             flush=True,
         )
-    # token reordering at density 0.2: the k, v pass the temporal path makes, and the whole extra
+    # token reordering at density 0.2: the q, k, v pass the temporal path makes, and the whole extra
     # time of a temporal call over a spatial call on the same block mask
     idx, cnt, sparse_ms = spatial_02
-    reorder_ms = cuda_time(lambda: [reorder_tokens(t, order) for t in (k, v)])
+    reorder_ms = cuda_time(lambda: [reorder_tokens(t, order) for t in (q, k, v)])
     temporal_ms = cuda_time(ours(idx, cnt, "temporal"))
     records.append(dict(
         shape=[B, H, S, D], pattern="reorder", density=round(band_mask(nb, 0.2, is_text).float().mean().item(), 4),
@@ -252,7 +252,7 @@ def run_shape(name, flex, records, sweep=False):
         temporal_overhead=round((temporal_ms - sparse_ms) / sparse_ms, 4),
     ))
     print(
-        f"  reorder at d=0.2: k,v pass {reorder_ms:.3f} ms ({reorder_ms / sparse_ms:.1%} of {sparse_ms:.3f} ms); "
+        f"  reorder at d=0.2: q,k,v pass {reorder_ms:.3f} ms ({reorder_ms / sparse_ms:.1%} of {sparse_ms:.3f} ms); "
         f"temporal call {temporal_ms:.3f} ms ({(temporal_ms - sparse_ms) / sparse_ms:+.1%} over spatial)",
         flush=True,
     )
@@ -266,8 +266,8 @@ def markdown(records, command, device):
         f"Command: `{command}`", "",
         "Efficiency = cuDNN dense time x density / our time; vs_flex = FlexAttention time / our time "
         "(same block mask, block 128, torch.compile'd). temporal: a position-major band; our time "
-        "includes the reordering pass over k and v (q and the output go through the index map in "
-        "the kernel); Flex gets pre-reordered tensors and its reordering is not timed. bf16.", "",
+        "includes the reordering pass over q, k and v (the output is written through the index map "
+        "by the kernel); Flex gets pre-reordered tensors and its reordering is not timed. bf16.", "",
         "| shape | pattern | density | ours ms | cuDNN dense ms | flex ms | efficiency | vs_flex | max err |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -279,7 +279,7 @@ def markdown(records, command, device):
             f"{r['flex_ms']:.3f} | {r['efficiency']:.3f} | {r['vs_flex']:.2f} | {r['max_abs_err']:.1e} |"
         )
     lines += ["", "## Token reordering at density 0.2", "",
-              "reorder = the pass over k and v; overhead = (temporal - spatial) / spatial on the same block mask.", "",
+              "reorder = the pass over q, k and v; overhead = (temporal - spatial) / spatial on the same block mask.", "",
               "| shape | spatial ms | reorder ms | reorder fraction | temporal ms | overhead |",
               "|---|---|---|---|---|---|"]
     for r in records:
@@ -323,7 +323,7 @@ def main():
     path.write_text(json.dumps(records, indent=1))
     meta = dict(device=device, torch=torch.__version__, triton=__import__("triton").__version__,
                 python=platform.python_version(), seconds=round(time.time() - t0))
-    (out / f"{stem}_meta_{'_'.join(names)}.json").write_text(json.dumps(dict(meta, command=command), indent=1))
+    (out / f"{stem}_meta.json").write_text(json.dumps(dict(meta, command=command), indent=1))
     if not args.sweep:
         (out / f"{stem}.md").write_text(markdown(records, command, device))
     print(json.dumps(meta))
