@@ -1,0 +1,85 @@
+"""SparseAttentionConfig: when attention runs sparse, and how much error a head may take."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dit_sparse.kernels.utils import BACKENDS
+
+PRESETS = {
+    # Starting points; the quality study on the bundled demo model will set the final values.
+    "quality": dict(dense_steps=0.25, dense_layers=1, refresh_every=2, recall=0.98),
+    "balanced": dict(dense_steps=0.2, dense_layers=1, refresh_every=5, recall=0.95),
+    "fast": dict(dense_steps=0.1, dense_layers=1, refresh_every=5, recall=0.9),
+}
+
+
+@dataclass
+class SparseAttentionConfig:
+    """Settings of the sparse attention engine.
+
+    Acceptance rule: a candidate pattern (kind x width) is accepted for a head when it keeps at
+    least `recall` of the attention mass of every sampled query row (worst row, not the mean).
+    `recall=1.0` accepts only patterns that keep everything, so every head stays dense.
+    `density`, when set, switches to fixed-density mode: each head gets the band of its best
+    kind sized to that fraction of blocks (Sparse VideoGen's `sparsity` setting), and `recall`
+    only decides between spatial and temporal.
+    """
+
+    dense_steps: float | int = 0.2
+    """First denoising steps with full attention: float in [0, 1] = fraction, int = count."""
+    dense_layers: int = 1
+    """The first N transformer blocks always run full attention."""
+    refresh_every: int = 5
+    """Re-profile every N sparse steps; 1 = every step, 0 = once per generation."""
+    num_sampled_queries: int = 64
+    block_size: int = 128
+    backend: str = "auto"
+    recall: float = 0.95
+    density: float | None = None
+    first_frame_sink: bool = False
+    """Spatial heads also attend to the first frame (an attention sink)."""
+
+    def __post_init__(self):
+        def bad(field, value, allowed):
+            raise ValueError(f"SparseAttentionConfig.{field}={value!r} is invalid: {allowed}")
+
+        ds = self.dense_steps
+        if isinstance(ds, bool) or not isinstance(ds, (int, float)):
+            bad("dense_steps", ds, "use a float in [0, 1] (fraction of steps) or an int >= 0 (count)")
+        if isinstance(ds, float) and not 0.0 <= ds <= 1.0:
+            bad("dense_steps", ds, "a float must lie in [0, 1] (fraction of steps); use an int for a count")
+        if isinstance(ds, int) and ds < 0:
+            bad("dense_steps", ds, "a count must be >= 0")
+        for field in ("dense_layers", "refresh_every"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(field, value, "must be an int >= 0")
+        if isinstance(self.num_sampled_queries, bool) or not isinstance(self.num_sampled_queries, int) or self.num_sampled_queries < 1:
+            bad("num_sampled_queries", self.num_sampled_queries, "must be an int >= 1")
+        bs = self.block_size
+        if not isinstance(bs, int) or bs < 16 or bs & (bs - 1):
+            bad("block_size", bs, "must be a power of two >= 16")
+        if self.backend not in BACKENDS:
+            bad("backend", self.backend, f"must be one of {BACKENDS}")
+        if not isinstance(self.recall, (int, float)) or not 0.0 < self.recall <= 1.0:
+            bad("recall", self.recall, "must lie in (0, 1]")
+        if self.density is not None and (not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0):
+            bad("density", self.density, "must be None (adaptive) or lie in (0, 1]")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "SparseAttentionConfig":
+        """A named preset ("quality", "balanced", "fast"), with field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"SparseAttentionConfig preset {name!r} is unknown: choose one of {sorted(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"SparseAttentionConfig has no field {sorted(unknown)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def num_dense_steps(self, total_steps: int) -> int:
+        """How many of `total_steps` denoising steps run dense."""
+        if isinstance(self.dense_steps, float):
+            return min(total_steps, round(self.dense_steps * total_steps))
+        return min(total_steps, self.dense_steps)
