@@ -70,6 +70,15 @@ def _online_softmax_step(q, k, v, m_i, l_i, acc, cols, S, qk_scale, is_tail, TAI
 
 
 @triton.jit
+def _key_tile_start(idx_row, j, sin_, NB, SUB: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """First key row of the j-th tile of a query block's list (SUB tiles per listed block), and
+    whether it lies in the last (possibly partial) block. Bad indices are clamped, never read."""
+    kb = tl.load(idx_row + (j // SUB) * sin_)
+    kb = tl.minimum(tl.maximum(kb, 0), NB - 1)
+    return kb * BLOCK_SIZE + (j % SUB) * BLOCK_N, kb == NB - 1
+
+
+@triton.jit
 def _finish(acc, m_i, l_i):
     """Normalised output and natural-log lse; empty rows give 0 and -inf."""
     nonempty = l_i > 0.0
@@ -107,12 +116,10 @@ def _bsa_fwd_tma_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     for j in range(0, count * SUB):
-        kb = tl.load(idx_row + (j // SUB) * sin_)
-        kb = tl.minimum(tl.maximum(kb, 0), NB - 1)
-        start = kb * BLOCK_SIZE + (j % SUB) * BLOCK_N
+        start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
         k = k_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
         v = v_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
-        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, kb == NB - 1, TAIL_BRANCH)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, is_tail, TAIL_BRANCH)
     out, lse = _finish(acc, m_i, l_i)
     if REORDER:
         flag = tl.load(RH + b64 * srb + h64 * srh)
@@ -169,16 +176,15 @@ def _bsa_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     for j in range(0, count * SUB):
-        kb = tl.load(idx_row + (j // SUB) * sin_)
-        kb = tl.minimum(tl.maximum(kb, 0), NB - 1)
-        cols = kb * BLOCK_SIZE + (j % SUB) * BLOCK_N + offs_n
+        start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
+        cols = start + offs_n
         k_rows = cols
         if REORDER:
             k_rows = native_rows(cols, flag, VSTART, FRAMES, POSITIONS)
         k_rows = tl.minimum(k_rows, S - 1).to(tl.int64)
         k = tl.load(k_base + k_rows[:, None] * sks + offs_d[None, :], mask=d_ok[None, :])
         v = tl.load(v_base + k_rows[:, None] * svs + offs_d[None, :], mask=d_ok[None, :])
-        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, cols, S, qk_scale, kb == NB - 1, TAIL_BRANCH)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, cols, S, qk_scale, is_tail, TAIL_BRANCH)
     out, lse = _finish(acc, m_i, l_i)
     tl.store(
         O + b * sob + h * soh + q_rows[:, None] * sos + offs_d[None, :],
