@@ -70,6 +70,15 @@ def _online_softmax_step(q, k, v, m_i, l_i, acc, cols, S, qk_scale, is_tail, TAI
 
 
 @triton.jit
+def _empty_softmax_state(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Running max (log2 units), running sum and output accumulator before any key tile."""
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _key_tile_start(idx_row, j, sin_, NB, SUB: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
     """First key row of the j-th tile of a query block's list (SUB tiles per listed block), and
     whether it lies in the last (possibly partial) block. Bad indices are clamped, never read."""
@@ -111,9 +120,7 @@ def _bsa_fwd_tma_kernel(
     idx_row = IDX + b64 * sib + h64 * sih + qblk * sim
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     for j in range(0, count * SUB):
         start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
@@ -171,9 +178,7 @@ def _bsa_fwd_kernel(
 
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     for j in range(0, count * SUB):
         start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)

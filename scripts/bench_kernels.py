@@ -141,9 +141,8 @@ def check_small_shapes():
                         q.float(), k.float(), v.float(), idx, cnt, block_size=bs, return_lse=True, order=order, reordered_heads=heads
                     )
                     err = ((out.float() - ref).norm() / ref.norm()).item()
-                    lse_ok = torch.allclose(lse, ref_lse, atol=2e-2, rtol=0, equal_nan=True) or bool(
-                        ((lse - ref_lse).abs().nan_to_num(0) < 2e-2).all()
-                    )
+                    # equal -inf (empty blocks) give nan differences, counted as equal
+                    lse_ok = bool(((lse - ref_lse).abs().nan_to_num(0.0) < 2e-2).all())
                     if err > 1e-2 or not lse_ok:
                         raise SystemExit(f"GPU kernel wrong: S={S} D={D} bs={bs} {dtype}: rel err {err:.2e}, lse ok {lse_ok}")
                     worst = max(worst, err)
