@@ -23,13 +23,14 @@ def _block_ranges(grid: TokenGrid, kind: str, block_size: int):
     """Per block: min and max banded coordinate of its video tokens, and whether it holds text."""
     order = grid.order
     S, nb = order.num_tokens, math.ceil(order.num_tokens / block_size)
-    j = torch.arange(nb * block_size) - order.video_start
+    tokens = torch.arange(nb * block_size)
+    j = tokens - order.video_start
     video = (j >= 0) & (j < order.frames * order.positions)
     coord = j // (order.positions if kind == "spatial" else order.frames)
     inf = torch.iinfo(torch.int64).max
     lo = coord.masked_fill(~video, inf).view(nb, block_size).amin(1)
     hi = coord.masked_fill(~video, -inf).view(nb, block_size).amax(1)
-    text = (~video & (torch.arange(nb * block_size) < S)).view(nb, block_size).any(1)
+    text = (~video & (tokens < S)).view(nb, block_size).any(1)
     return lo, hi, text
 
 

@@ -24,7 +24,6 @@ from .reorder import TokenOrder, _head_mask, native_rows, reorder_tokens, reorde
 from .utils import check_backend, use_triton
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 MAX_HEAD_DIM = 256
 
 
@@ -36,11 +35,11 @@ class KernelConfig:
     block_n: int = 128
     num_warps: int = 8
     num_stages: int = 3
-    tma: bool = True  # TMA tiles where possible (Hopper+, native order, aligned strides)
+    tma: bool = True  # TMA tiles where possible (Hopper+, D a power of two, aligned strides)
     tail_branch: bool = False  # mask only the last key block instead of every tile
 
 
-def default_config(head_dim: int, block_size: int, tma: bool = True) -> KernelConfig:
+def default_config(block_size: int, tma: bool = True) -> KernelConfig:
     """Tuned on an H100 (docs/results/kernel_sweep_h100.json): 128 x 64 tiles, 4 warps, 2 stages;
     TMA tiles with the tail-only mask, pointer tiles with the per-tile mask."""
     block_m = min(128, block_size)
@@ -342,7 +341,7 @@ def block_sparse_attention(
     heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     tma = _tma_ok(q, k, v)
-    cfg = config or default_config(D, block_size, tma)
+    cfg = config or default_config(block_size, tma)
     if block_size % cfg.block_m or block_size % cfg.block_n:
         raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
     out = torch.empty(B, H, S, D, dtype=q.dtype, device=q.device)

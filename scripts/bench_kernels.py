@@ -228,7 +228,7 @@ def run_shape(name, flex, records, sweep=False):
         )
         records.append(rec)
         if pattern == "spatial" and target == 0.2:
-            spatial_02 = (idx, cnt, ms)
+            spatial_02 = (idx, cnt, ms, density)
         print(
             f"  {pattern:8s} d={density:.3f} ours {ms:8.3f} ms  flex {flex_ms:8.3f}  eff {rec['efficiency']:.3f}"
             f"  vs_flex {rec['vs_flex']:.2f}  err {err:.1e}",
@@ -236,11 +236,11 @@ def run_shape(name, flex, records, sweep=False):
         )
     # token reordering at density 0.2: the q, k, v pass the temporal path makes, and the whole extra
     # time of a temporal call over a spatial call on the same block mask
-    idx, cnt, sparse_ms = spatial_02
+    idx, cnt, sparse_ms, density = spatial_02
     reorder_ms = cuda_time(lambda: [reorder_tokens(t, order) for t in (q, k, v)])
     temporal_ms = cuda_time(ours(idx, cnt, "temporal"))
     records.append(dict(
-        shape=[B, H, S, D], pattern="reorder", density=round(band_mask(nb, 0.2, is_text).float().mean().item(), 4),
+        shape=[B, H, S, D], pattern="reorder", density=round(density, 4),
         sparse_ms=round(sparse_ms, 4), reorder_ms=round(reorder_ms, 4),
         reorder_fraction=round(reorder_ms / sparse_ms, 4), temporal_ms=round(temporal_ms, 4),
         temporal_overhead=round((temporal_ms - sparse_ms) / sparse_ms, 4),
