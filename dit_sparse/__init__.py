@@ -2,7 +2,17 @@
 
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
+from .pattern_bank import PatternBank
+from .plan_cache import PlanCache
+from .profiling import HeadPlan, profile_heads
 
 __version__ = "0.1.0"
 
-__all__ = ["SparseAttentionConfig", "TokenGrid"]
+__all__ = [
+    "HeadPlan",
+    "PatternBank",
+    "PlanCache",
+    "SparseAttentionConfig",
+    "TokenGrid",
+    "profile_heads",
+]

@@ -19,9 +19,10 @@ PRESETS = {
 class SparseAttentionConfig:
     """Settings of the sparse attention engine.
 
-    Acceptance rule: a candidate pattern (kind x width) is accepted for a head when it keeps at
-    least `recall` of the attention mass of every sampled query row (worst row, not the mean).
-    `recall=1.0` accepts only patterns that keep everything, so every head stays dense.
+    Acceptance rule: a candidate pattern (kind x width) is accepted for a head when it keeps,
+    averaged over the sampled query rows, at least `recall` of their exact attention mass; the
+    cheapest accepted candidate wins, and a head with none stays dense. `recall=1.0` accepts
+    nothing short of exact, so every head stays dense.
     `density`, when set, switches to fixed-density mode: each head gets the band of its best
     kind sized to that fraction of blocks (Sparse VideoGen's `sparsity` setting), and `recall`
     only decides between spatial and temporal.

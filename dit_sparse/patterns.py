@@ -34,20 +34,28 @@ def _block_ranges(grid: TokenGrid, kind: str, block_size: int):
     return lo, hi, text
 
 
-def band_block_mask(grid: TokenGrid, kind: str, width: int, block_size: int, first_frame_sink: bool = False) -> torch.Tensor:
-    """(nb, nb) bool: query block i attends key block j, in the layout of `kind`."""
+def _band_parts(grid: TokenGrid, kind: str, block_size: int, first_frame_sink: bool):
+    """The band of `kind` as `always | (gap <= width)`: `gap` (nb, nb) is the distance in the
+    banded coordinate between two blocks' video tokens (huge where one holds no video), and
+    `always` marks the pairs every width keeps (text, and the first-frame sink)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if width < 0:
-        raise ValueError(f"width must be >= 0, got {width}")
     lo, hi, text = _block_ranges(grid, kind, block_size)
     has_video = lo <= hi
     gap = torch.maximum(lo[None, :] - hi[:, None], lo[:, None] - hi[None, :])
-    mask = has_video[:, None] & has_video[None, :] & (gap <= width)
-    mask |= text[None, :] | text[:, None]
+    gap = gap.masked_fill(~(has_video[:, None] & has_video[None, :]), torch.iinfo(torch.int64).max)
+    always = text[None, :] | text[:, None]
     if first_frame_sink and kind == "spatial":
-        mask |= (has_video & (lo == 0))[None, :]
-    return mask
+        always = always | (has_video & (lo == 0))[None, :]
+    return gap, always
+
+
+def band_block_mask(grid: TokenGrid, kind: str, width: int, block_size: int, first_frame_sink: bool = False) -> torch.Tensor:
+    """(nb, nb) bool: query block i attends key block j, in the layout of `kind`."""
+    if width < 0:
+        raise ValueError(f"width must be >= 0, got {width}")
+    gap, always = _band_parts(grid, kind, block_size, first_frame_sink)
+    return always | (gap <= width)
 
 
 def max_width(grid: TokenGrid, kind: str) -> int:
@@ -56,17 +64,28 @@ def max_width(grid: TokenGrid, kind: str) -> int:
     return (order.frames if kind == "spatial" else order.positions) - 1
 
 
-def width_for_density(grid: TokenGrid, kind: str, density: float, block_size: int, first_frame_sink: bool = False) -> int:
-    """The narrowest band of `kind` whose block density reaches `density` (Sparse VideoGen's
-    way of sizing its bands from a target sparsity); binary search, density grows with width."""
-    lo, hi = 0, max_width(grid, kind)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if band_block_mask(grid, kind, mid, block_size, first_frame_sink).float().mean() >= density:
-            hi = mid
+def widths_for_densities(grid: TokenGrid, kind: str, densities, block_size: int, first_frame_sink: bool = False) -> list[int]:
+    """For each target density, the narrowest band of `kind` whose block density reaches it
+    (Sparse VideoGen's way of sizing its bands from a target sparsity); the widest band where
+    none does. Density grows with width, so this is a search in the sorted block gaps."""
+    gap, always = _band_parts(grid, kind, block_size, first_frame_sink)
+    gaps = gap[~always].sort().values
+    total = gap.numel()
+    widths = []
+    for density in densities:
+        needed = math.ceil(density * total - 1e-9) - int(always.sum())
+        if needed <= 0:
+            widths.append(0)
+        elif needed > gaps.numel() or gaps[needed - 1] > max_width(grid, kind):
+            widths.append(max_width(grid, kind))
         else:
-            lo = mid + 1
-    return lo
+            widths.append(max(0, int(gaps[needed - 1])))
+    return widths
+
+
+def width_for_density(grid: TokenGrid, kind: str, density: float, block_size: int, first_frame_sink: bool = False) -> int:
+    """The narrowest band of `kind` whose block density reaches `density`."""
+    return widths_for_densities(grid, kind, [density], block_size, first_frame_sink)[0]
 
 
 def block_tables(mask: torch.Tensor):

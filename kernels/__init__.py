@@ -6,6 +6,7 @@ from .block_sparse_attention import (
     block_sparse_attention_reference,
     default_config,
 )
+from .block_lse import sampled_block_lse, sampled_block_lse_reference
 from .reorder import TokenOrder, reorder_tokens, reorder_tokens_reference
 
 __all__ = [
@@ -15,5 +16,7 @@ __all__ = [
     "block_sparse_attention_reference",
     "default_config",
     "reorder_tokens",
+    "sampled_block_lse",
+    "sampled_block_lse_reference",
     "reorder_tokens_reference",
 ]

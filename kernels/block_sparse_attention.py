@@ -87,6 +87,16 @@ def _key_tile_start(idx_row, j, sin_, NB, SUB: tl.constexpr, BLOCK_SIZE: tl.cons
 
 
 @triton.jit
+def _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT):
+    """Where the key-block list of query block `qblk` of (b, h) starts, and its length.
+    The list lives at (b, h) of the tables, shifted by the head's template (0 without one)."""
+    t = tl.load(TMPL + b * stb + h * sth).to(tl.int64)
+    t = tl.minimum(tl.maximum(t, 0), NT - 1)
+    count = tl.load(CNT + b * scb + h * sch + t * sct + qblk * scm)
+    return IDX + b * sib + h * sih + t * sit + qblk * sim, count
+
+
+@triton.jit
 def _finish(acc, m_i, l_i):
     """Normalised output and natural-log lse; empty rows give 0 and -inf."""
     nonempty = l_i > 0.0
@@ -97,8 +107,8 @@ def _finish(acc, m_i, l_i):
 
 @triton.jit
 def _bsa_fwd_tma_kernel(
-    O, q_desc, k_desc, v_desc, o_desc, LSE, IDX, CNT, RH,
-    sob, soh, sos, sib, sih, sim, sin_, scb, sch, scm, srb, srh,
+    O, q_desc, k_desc, v_desc, o_desc, LSE, IDX, CNT, RH, TMPL,
+    sob, soh, sos, sib, sih, sim, sin_, scb, sch, scm, srb, srh, stb, sth, sit, sct, NT,
     H, S, NB, qk_scale,
     VSTART, FRAMES, POSITIONS,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -115,8 +125,7 @@ def _bsa_fwd_tma_kernel(
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    count = tl.load(CNT + b64 * scb + h64 * sch + qblk * scm)
-    idx_row = IDX + b64 * sib + h64 * sih + qblk * sim
+    idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
@@ -142,9 +151,9 @@ def _bsa_fwd_tma_kernel(
 
 @triton.jit
 def _bsa_fwd_kernel(
-    Q, K, V, O, LSE, IDX, CNT, RH,
+    Q, K, V, O, LSE, IDX, CNT, RH, TMPL,
     sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
-    sib, sih, sim, sin_, scb, sch, scm, srb, srh,
+    sib, sih, sim, sin_, scb, sch, scm, srb, srh, stb, sth, sit, sct, NT,
     H, S, NB, qk_scale,
     VSTART, FRAMES, POSITIONS,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -157,8 +166,7 @@ def _bsa_fwd_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    count = tl.load(CNT + b * scb + h * sch + qblk * scm)
-    idx_row = IDX + b * sib + h * sih + qblk * sim
+    idx_row, count = _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT)
 
     flag = 0
     if REORDER:
@@ -210,8 +218,31 @@ def _tma_ok(*tensors) -> bool:
     )
 
 
-def _check_inputs(q, k, v, kv_indices, kv_counts, block_size):
-    """Validate shapes and dtypes; return the index tables broadcast to (B, H, ...)."""
+@dataclass(frozen=True)
+class _Tables:
+    """Key-block lists as the kernels address them: the list of query block i of (b, h) is
+    idx[b, h, t, i] with t = tmpl[b, h] (t = 0 and a size-1 template dim without templates)."""
+
+    idx: torch.Tensor  # (B, H, T, nb, M) view
+    cnt: torch.Tensor  # (B, H, T, nb) view
+    tmpl: torch.Tensor  # (B, H) view
+
+    def dense(self):
+        """Per-head (B, H, nb, M) index and (B, H, nb) count tables (for the reference)."""
+        t = self.tmpl.long()[..., None, None, None]
+        idx = self.idx.expand(*t.shape[:2], *self.idx.shape[2:]).take_along_dim(t, 2)[:, :, 0]
+        cnt = self.cnt.expand(*t.shape[:2], *self.cnt.shape[2:]).take_along_dim(t[..., 0], 2)[:, :, 0]
+        return idx, cnt
+
+    def strides(self):
+        """Stride arguments of the kernels, in their order."""
+        sib, sih, sit, sim, sin_ = self.idx.stride()
+        scb, sch, sct, scm = self.cnt.stride()
+        return (sib, sih, sim, sin_, scb, sch, scm), (*self.tmpl.stride(), sit, sct, self.idx.shape[2])
+
+
+def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None):
+    """Validate shapes and dtypes; return the index tables as the kernels address them."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k, v must all be (B, H, S, D) with the same shape (self-attention), got "
@@ -231,22 +262,35 @@ def _check_inputs(q, k, v, kv_indices, kv_counts, block_size):
     nb = triton.cdiv(S, block_size)
     if kv_indices.dtype != torch.int32 or kv_counts.dtype != torch.int32:
         raise ValueError(f"kv_indices and kv_counts must be int32, got {kv_indices.dtype} and {kv_counts.dtype}")
-    if kv_indices.dim() != 4 or kv_counts.dim() != 3:
+    lead = "(B, H, " if head_pattern is None else "(num_templates, "
+    want = 4 if head_pattern is None else 3
+    if kv_indices.dim() != want or kv_counts.dim() != want - 1:
         raise ValueError(
-            f"kv_indices must be (B, H, {nb}, max_kv_blocks) and kv_counts (B, H, {nb}); "
+            f"kv_indices must be {lead}{nb}, max_kv_blocks) and kv_counts {lead}{nb}); "
             f"got {tuple(kv_indices.shape)} and {tuple(kv_counts.shape)}"
         )
     try:
-        idx = kv_indices.expand(B, H, nb, kv_indices.shape[-1])
-        cnt = kv_counts.expand(B, H, nb)
+        if head_pattern is None:
+            idx = kv_indices.expand(B, H, nb, kv_indices.shape[-1])[:, :, None]
+            cnt = kv_counts.expand(B, H, nb)[:, :, None]
+            tmpl = torch.zeros((), dtype=torch.int32, device=q.device).expand(B, H)
+        else:
+            T = kv_indices.shape[0]
+            idx = kv_indices.expand(T, nb, kv_indices.shape[-1])[None, None].expand(B, H, -1, -1, -1)
+            cnt = kv_counts.expand(T, nb)[None, None].expand(B, H, -1, -1)
+            tmpl = torch.as_tensor(head_pattern, device=q.device)
+            tmpl = torch.broadcast_to(tmpl if tmpl.dim() != 1 else tmpl[None], (B, H))
     except RuntimeError as e:
         raise ValueError(
-            f"index tables of shapes {tuple(kv_indices.shape)} / {tuple(kv_counts.shape)} do not fit "
+            f"index tables of shapes {tuple(kv_indices.shape)} / {tuple(kv_counts.shape)} (head_pattern "
+            f"{None if head_pattern is None else tuple(torch.as_tensor(head_pattern).shape)}) do not fit "
             f"(B, H, S/block_size) = ({B}, {H}, {nb}) for S={S}, block_size={block_size}"
         ) from e
+    if tmpl.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"head_pattern must hold integer template indices, got {tmpl.dtype}")
     if idx.device != q.device or cnt.device != q.device:
         raise ValueError(f"kv_indices and kv_counts must be on q's device {q.device}")
-    return idx, cnt
+    return _Tables(idx, cnt, tmpl)
 
 
 def _block_mask(idx: torch.Tensor, cnt: torch.Tensor, nb: int) -> torch.Tensor:
@@ -276,14 +320,18 @@ def _reorder_args(order, reordered_heads, B, H, S, device):
 
 def block_sparse_attention_reference(
     q, k, v, kv_indices, kv_counts, *, block_size=128, scale=None, return_lse=False, backend="torch",
-    order=None, reordered_heads=None,
+    order=None, reordered_heads=None, head_pattern=None,
 ):
     """Plain PyTorch block-sparse attention, same semantics as `block_sparse_attention`.
 
     Computes in float32, a chunk of query blocks at a time, so no (B, H, S, S) tensor exists.
     """
     check_backend(backend)
-    idx, cnt = _check_inputs(q, k, v, kv_indices, kv_counts, block_size)
+    tables = _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
+    num_templates = tables.idx.shape[2]
+    if bool((tables.tmpl < 0).any()) or bool((tables.tmpl >= num_templates).any()):
+        raise ValueError(f"head_pattern must lie in [0, {num_templates}) (one of the {num_templates} templates)")
+    idx, cnt = tables.dense()
     B, H, S, D = q.shape
     heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     if heads is not None:
@@ -314,7 +362,7 @@ def block_sparse_attention_reference(
 
 def block_sparse_attention(
     q, k, v, kv_indices, kv_counts, *, block_size=128, scale=None, return_lse=False, backend="auto",
-    order=None, reordered_heads=None, config: KernelConfig | None = None,
+    order=None, reordered_heads=None, head_pattern=None, config: KernelConfig | None = None,
 ):
     """Block-sparse attention over (B, H, S, D) q, k, v.
 
@@ -326,6 +374,10 @@ def block_sparse_attention(
     order / reordered_heads: attend the chosen heads (default: all) in position-major order of
     `order`, a `TokenOrder`; their block lists refer to that order; output stays native.
 
+    head_pattern: shared templates instead of per-head tables. kv_indices is then
+    (T, ceil(S / block_size), max_kv_blocks) and kv_counts (T, ceil(S / block_size)): T key-block
+    templates, and head_pattern (int, broadcastable to (B, H)) says which one each head uses.
+
     backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (the reference), or
     "auto" (Triton on CUDA, the reference on CPU). Block indices are not range-checked on the
     Triton path (that would synchronise with the host); out-of-range ones are clamped.
@@ -334,9 +386,10 @@ def block_sparse_attention(
     if not use_triton(backend, q):
         return block_sparse_attention_reference(
             q, k, v, kv_indices, kv_counts, block_size=block_size, scale=scale, return_lse=return_lse,
-            order=order, reordered_heads=reordered_heads,
+            order=order, reordered_heads=reordered_heads, head_pattern=head_pattern,
         )
-    idx, cnt = _check_inputs(q, k, v, kv_indices, kv_counts, block_size)
+    tables = _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
+    table_strides, template_strides = tables.strides()
     B, H, S, D = q.shape
     heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -353,7 +406,7 @@ def block_sparse_attention(
         TAIL_BRANCH=cfg.tail_branch, REORDER=heads is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    rh = heads if heads is not None else cnt
+    rh = heads if heads is not None else tables.tmpl
     o = order or TokenOrder(1, 1)
     if cfg.tma and tma and D == block_d:
         if heads is not None:  # one pass over q, k, v buys contiguous TMA tiles in the hot loop
@@ -363,16 +416,16 @@ def block_sparse_attention(
             for t in (q, k, v, out)
         ]
         _bsa_fwd_tma_kernel[grid](
-            out, *descs, lse, idx, cnt, rh,
-            *out.stride()[:3], *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
+            out, *descs, lse, tables.idx, tables.cnt, rh, tables.tmpl,
+            *out.stride()[:3], *table_strides, rh.stride(0), rh.stride(1), *template_strides,
             H, S, triton.cdiv(S, block_size), scale * LOG2E,
             o.video_start, o.frames, o.positions, BLOCK_D=block_d, **common,
         )
         return (out, lse) if return_lse else out
     _bsa_fwd_kernel[grid](
-        q, k, v, out, lse, idx, cnt, rh,
+        q, k, v, out, lse, tables.idx, tables.cnt, rh, tables.tmpl,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        *idx.stride(), *cnt.stride(), rh.stride(0), rh.stride(1),
+        *table_strides, rh.stride(0), rh.stride(1), *template_strides,
         H, S, triton.cdiv(S, block_size), scale * LOG2E,
         o.video_start, o.frames, o.positions,
         D=D, BLOCK_D=block_d, **common,

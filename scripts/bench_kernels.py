@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from dit_sparse.kernels import (
     reorder_tokens,
 )
 from dit_sparse.patterns import block_tables as tables
+from dit_sparse.timing import cuda_time
 
 BLOCK = 128
 # name: (B, H, S, D, TokenOrder) -- the video geometry the spatial/temporal bands follow
@@ -53,27 +53,6 @@ SWEEP = [
     KernelConfig(128, 32, 4, 3), KernelConfig(128, 128, 8, 3), KernelConfig(128, 128, 8, 2, tail_branch=True),
     KernelConfig(128, 64, 8, 2),
 ]
-
-
-def cuda_time(fn, reps=None, budget_ms=1500.0):
-    """Median of CUDA-event timings after warm-up; reps sized to the budget."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    first = start.elapsed_time(end)
-    reps = reps or max(5, min(50, int(budget_ms / max(first, 1e-3))))
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def text_blocks(order: TokenOrder, nb: int) -> torch.Tensor:

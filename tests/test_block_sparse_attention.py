@@ -121,6 +121,30 @@ def test_expanded_and_size_one_index_views():
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tma", [True, False])
+def test_head_templates_select_per_head_lists(tma):
+    """head_pattern picks one of T shared templates per (b, h); same as per-head tables."""
+    gen = torch.Generator().manual_seed(7)
+    B, H, S, D, bs, T = 2, 3, 333, 64, 64, 4
+    q, k, v = (torch.randn(B, H, S, D, generator=gen) for _ in range(3))
+    nb = math.ceil(S / bs)
+    t_idx, t_cnt = random_tables(1, T, nb, 0.4, gen)
+    t_idx, t_cnt = t_idx[0], t_cnt[0]
+    pattern = torch.randint(0, T, (B, H), generator=gen, dtype=torch.int32)
+    expected = dense_masked_attention(q, k, v, t_idx[pattern.long()], t_cnt[pattern.long()], bs)
+    config = KernelConfig(64, 64, 4, 2, tma=tma, tail_branch=tma)
+    for backend in ("triton", "torch"):
+        out = block_sparse_attention(q, k, v, t_idx, t_cnt, head_pattern=pattern, block_size=bs, backend=backend, config=config)
+        torch.testing.assert_close(out, expected.float(), atol=2e-5, rtol=1e-4)
+    # a pattern per head only (broadcast over batch) is accepted too
+    out = block_sparse_attention(q, k, v, t_idx, t_cnt, head_pattern=pattern[0], block_size=bs, backend="torch")
+    torch.testing.assert_close(out, dense_masked_attention(q, k, v, t_idx[pattern[0].long()].expand(B, H, nb, nb), t_cnt[pattern[0].long()].expand(B, H, nb), bs))
+    with pytest.raises(ValueError, match="head_pattern must lie"):
+        block_sparse_attention(q, k, v, t_idx, t_cnt, head_pattern=pattern + T, block_size=bs, backend="torch")
+    with pytest.raises(ValueError, match="num_templates"):
+        block_sparse_attention(q, k, v, t_idx[None], t_cnt, head_pattern=pattern, block_size=bs, backend="torch")
+
+
 def test_strided_qkv_views():
     gen = torch.Generator().manual_seed(4)
     B, S, H, D = 2, 200, 3, 64

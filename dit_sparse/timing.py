@@ -1,0 +1,29 @@
+"""GPU timing for the benchmarks: CUDA events, warm-up, median of repeats."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def cuda_time(fn, reps=None, budget_ms=1500.0) -> float:
+    """Median milliseconds of `fn()` over CUDA-event timings after one warm-up call; without
+    `reps`, as many repeats (5 to 50) as fit in `budget_ms`."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    first = start.elapsed_time(end)
+    reps = reps or max(5, min(50, int(budget_ms / max(first, 1e-3))))
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
