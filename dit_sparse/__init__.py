@@ -1,5 +1,6 @@
 """dit_sparse: training-free per-head sparse attention for diffusion transformers."""
 
+from .api import SparseAttention, UnsupportedModelError, apply, remove
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
 from .pattern_bank import PatternBank
@@ -12,7 +13,11 @@ __all__ = [
     "HeadPlan",
     "PatternBank",
     "PlanCache",
+    "SparseAttention",
     "SparseAttentionConfig",
     "TokenGrid",
+    "UnsupportedModelError",
+    "apply",
     "profile_heads",
+    "remove",
 ]

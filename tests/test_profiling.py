@@ -54,7 +54,8 @@ def test_planted_heads_are_named_and_attended_right(grid):
     assert plan.density.min() < 0.5  # the sparse heads really are sparse
 
     exact = F.scaled_dot_product_attention(q, k, v)
-    for backend in ("torch", "triton"):
+    # the Triton kernel (interpreted on the CPU: slow) on the grid with a text prefix only
+    for backend in ("torch", "triton") if grid == GRIDS[1] else ("torch",):
         plan.backend = backend
         out = plan.attend(q, k, v)
         # a kept mass of at least `recall` bounds the error by 2 (1 - recall) max|v|

@@ -1,0 +1,163 @@
+"""apply / remove: switch a diffusers pipeline or transformer to sparse attention and back."""
+
+from __future__ import annotations
+
+import torch
+
+from . import hooks
+from .config import SparseAttentionConfig
+from .families import find_family, supported
+from .runtime import SparseRuntime
+
+TRANSFORMER_ATTRIBUTES = ("transformer", "transformer_2")  # Wan 2.2 A14B carries two
+HANDLE_ATTRIBUTE = "_dit_sparse_handle"
+
+
+class UnsupportedModelError(ValueError):
+    """The model is not one of the families dit_sparse has processors for."""
+
+
+class SparseAttention:
+    """Handle of sparse attention applied to one pipeline or transformer.
+
+    `stats()` reports per self-attention layer the head kinds and densities of its latest plan,
+    and totals; `reset()` forgets plans and counts; `enabled = False` runs every call dense
+    (through the model's own attention) without removing anything.
+    """
+
+    def __init__(self, config: SparseAttentionConfig, runtimes: dict[str, SparseRuntime], originals: list, transformers: dict):
+        self.config = config
+        self.runtimes = runtimes
+        self._originals = originals  # (attention module, its processor before apply)
+        self._transformers = transformers  # name -> transformer
+
+    @property
+    def enabled(self) -> bool:
+        return all(r.enabled for r in self.runtimes.values())
+
+    @enabled.setter
+    def enabled(self, value: bool):
+        for r in self.runtimes.values():
+            r.enabled = bool(value)
+
+    def reset(self):
+        for r in self.runtimes.values():
+            r.reset()
+
+    def set_config(self, config: SparseAttentionConfig):
+        """Switch to another config (plans and counts start afresh)."""
+        from .plan_cache import PlanCache
+
+        self.config = config
+        for r in self.runtimes.values():
+            r.config = config
+            r.cache = PlanCache(config)
+            r.reset()
+
+    def stats(self) -> dict:
+        """Per self-attention layer ("<transformer>.<index>") and CFG branch: head kinds and
+        densities of the latest plan; totals over all transformers of this generation."""
+        per = {name: r.stats() for name, r in self.runtimes.items()}
+        layers = {f"{name}.{layer}": v for name, s in per.items() for layer, v in s["layers"].items()}
+        sparse = sum(s["sparse_calls"] for s in per.values())
+        weighted = sum((s["mean_density"] or 0.0) * s["sparse_calls"] for s in per.values())
+        return {
+            "layers": layers,
+            "mean_density": weighted / sparse if sparse else None,
+            "num_profiles": sum(s["num_profiles"] for s in per.values()),
+            "dense_calls": sum(s["dense_calls"] for s in per.values()),
+            "sparse_calls": sparse,
+            "steps": {name: s["steps"] for name, s in per.items()},
+            "config": self.config.__dict__.copy(),
+        }
+
+    def remove(self):
+        """Restore the processors that were there before and detach the hooks."""
+        for module, processor in self._originals:
+            module.set_processor(processor)
+        for transformer in self._transformers.values():
+            hooks.detach(transformer)
+            if getattr(transformer, HANDLE_ATTRIBUTE, None) is self:
+                delattr(transformer, HANDLE_ATTRIBUTE)
+        self._originals = []
+
+
+def _transformers_of(target) -> dict[str, torch.nn.Module]:
+    from diffusers import DiffusionPipeline
+
+    if isinstance(target, DiffusionPipeline):
+        found = {n: getattr(target, n) for n in TRANSFORMER_ATTRIBUTES if getattr(target, n, None) is not None}
+        if not found:
+            raise UnsupportedModelError(
+                f"{type(target).__name__} has no transformer; dit_sparse supports pipelines of these "
+                f"transformer families: {supported()}"
+            )
+        return found
+    if isinstance(target, torch.nn.Module):
+        return {"transformer": target}
+    raise UnsupportedModelError(
+        f"dit_sparse.apply needs a DiffusionPipeline or a transformer (torch.nn.Module), got "
+        f"{type(target).__name__}; supported families: {supported()}"
+    )
+
+
+def _step_counter(target):
+    """A callable giving the pipeline's number of denoising steps once its scheduler is set."""
+    scheduler = getattr(target, "scheduler", None)
+    if scheduler is None:
+        return None
+
+    def num_steps():
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None or len(timesteps) == 0:
+            return None
+        return len(timesteps) // max(1, getattr(scheduler, "order", 1))
+
+    return num_steps
+
+
+def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttention:
+    """Give the self-attention layers of a pipeline's transformer(s), or of a transformer,
+    sparse processors. Applying again returns the same handle (with `config`, if given)."""
+    transformers = _transformers_of(target)
+    handles = {id(h) for t in transformers.values() if (h := getattr(t, HANDLE_ATTRIBUTE, None)) is not None}
+    if handles:
+        handle = getattr(next(iter(transformers.values())), HANDLE_ATTRIBUTE)
+        if len(handles) == 1 and all(getattr(t, HANDLE_ATTRIBUTE, None) is handle for t in transformers.values()):
+            if config is not None and config != handle.config:
+                handle.set_config(config)
+            return handle
+        raise ValueError("some of these transformers already have dit_sparse applied on their own; remove it first")
+    for name, transformer in transformers.items():
+        if find_family(transformer) is None:
+            raise UnsupportedModelError(
+                f"dit_sparse has no processors for {type(transformer).__name__} ({name}); supported "
+                f"families: {supported()}"
+            )
+    config = config or SparseAttentionConfig()
+    runtimes, originals = {}, []
+    num_steps = _step_counter(target)
+    for name, transformer in transformers.items():
+        family = find_family(transformer)
+        runtime = SparseRuntime(config, name)
+        for layer, module in family.self_attention(transformer):
+            processor = family.make_processor(module.processor, runtime, layer)
+            for setting in ("_attention_backend", "_parallel_config"):  # the stock path keeps them
+                if hasattr(module.processor, setting):
+                    setattr(processor, setting, getattr(module.processor, setting))
+            originals.append((module, module.processor))
+            module.set_processor(processor)
+        hooks.attach(transformer, hooks.StepHook(runtime, family, num_steps))
+        runtimes[name] = runtime
+    handle = SparseAttention(config, runtimes, originals, transformers)
+    for transformer in transformers.values():
+        setattr(transformer, HANDLE_ATTRIBUTE, handle)
+    return handle
+
+
+def remove(target) -> None:
+    """Undo `apply`: the original processors come back, the hooks go. No-op if not applied."""
+    for transformer in _transformers_of(target).values():
+        handle = getattr(transformer, HANDLE_ATTRIBUTE, None)
+        if handle is not None:
+            handle.remove()

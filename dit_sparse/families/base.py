@@ -1,0 +1,38 @@
+"""ModelFamily: what dit_sparse needs to know about one family of diffusers transformers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..geometry import TokenGrid
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """name: short name ("wan"); transformer_classes: class names of its transformers;
+    self_attention(transformer) -> [(layer index, attention module)] of the self-attention
+    layers that get sparse processors (cross-attention and refiners keep theirs);
+    make_processor(original, runtime, layer) -> the sparse processor for one layer;
+    grid(transformer, inputs) -> TokenGrid of the attention sequence, from the forward's named
+    inputs."""
+
+    name: str
+    transformer_classes: tuple[str, ...]
+    self_attention: Callable[[torch.nn.Module], list[tuple[int, torch.nn.Module]]]
+    make_processor: Callable
+    grid: Callable[[torch.nn.Module, dict], TokenGrid | None]
+
+    def matches(self, transformer: torch.nn.Module) -> bool:
+        return any(cls.__name__ in self.transformer_classes for cls in type(transformer).__mro__)
+
+
+def latent_grid(shape, patch_size) -> tuple[int, int, int]:
+    """(frames, height, width) in tokens of a (B, C, F, H, W) or (B, C, H, W) latent."""
+    if len(shape) == 5:
+        pt, ph, pw = patch_size if len(patch_size) == 3 else (1, *patch_size)
+        return shape[2] // pt, shape[3] // ph, shape[4] // pw
+    ph, pw = patch_size[-2:]
+    return 1, shape[2] // ph, shape[3] // pw

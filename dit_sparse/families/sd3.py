@@ -1,0 +1,89 @@
+"""Stable Diffusion 3 / 3.5 (`SD3Transformer2DModel`): joint self-attention over the image
+tokens followed by the text tokens (`attn`), and in SD3.5's dual-attention blocks a second
+self-attention over the image tokens only (`attn2`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+from ..geometry import TokenGrid
+from .base import ModelFamily, latent_grid
+
+
+class SparseJointAttnProcessor(JointAttnProcessor2_0):
+    """JointAttnProcessor2_0: the same projections and q/k norms, with the attention call
+    routed through the sparse runtime (joint image + text for `attn`, image only for `attn2`)."""
+
+    def __init__(self, runtime, layer: int):
+        super().__init__()
+        self.runtime = runtime
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if encoder_hidden_states is not None:
+            encoder_query = attn.add_q_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            encoder_key = attn.add_k_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            encoder_value = attn.add_v_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([query, encoder_query], dim=2)
+            key = torch.cat([key, encoder_key], dim=2)
+            value = torch.cat([value, encoder_value], dim=2)
+
+        grid = self.runtime.grid
+        if grid is not None and encoder_hidden_states is None:  # attn2: the image tokens alone
+            grid = TokenGrid(grid.frames, grid.height, grid.width)
+        out = None
+        if grid is not None and grid.num_tokens == query.shape[2]:
+            out = self.runtime.attention(query, key, value, self.layer, layout="bhsd", grid=grid)
+        if out is None:
+            out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = hidden_states[:, : residual.shape[1]], hidden_states[:, residual.shape[1] :]
+            if not attn.context_pre_only:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if encoder_hidden_states is not None:
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+
+def _grid(transformer, inputs) -> TokenGrid:
+    """Image tokens (one frame, row-major) followed by the text tokens."""
+    patch = transformer.config.patch_size
+    frames, height, width = latent_grid(inputs["hidden_states"].shape, (patch, patch))
+    return TokenGrid(frames, height, width, inputs["encoder_hidden_states"].shape[1], "suffix")
+
+
+def _self_attention(transformer):
+    """`attn` of block i is layer i; `attn2` of a dual-attention block i is layer num_layers + i."""
+    blocks = transformer.transformer_blocks
+    joint = [(i, block.attn) for i, block in enumerate(blocks)]
+    image_only = [(len(blocks) + i, block.attn2) for i, block in enumerate(blocks) if getattr(block, "attn2", None) is not None]
+    return joint + image_only
+
+
+SD3 = ModelFamily(
+    name="sd3",
+    transformer_classes=("SD3Transformer2DModel",),
+    self_attention=_self_attention,
+    make_processor=lambda original, runtime, layer: SparseJointAttnProcessor(runtime, layer),
+    grid=_grid,
+)

@@ -1,0 +1,61 @@
+"""Wan 2.1 / 2.2 (`WanTransformer3DModel`): self-attention over the video tokens only."""
+
+from __future__ import annotations
+
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
+
+from ..geometry import TokenGrid
+from .base import ModelFamily, latent_grid
+
+
+def _rotary(x, freqs_cos, freqs_sin):
+    """Wan's rotary embedding on interleaved pairs (as in WanAttnProcessor)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = x.new_empty(x.shape)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class SparseWanAttnProcessor(WanAttnProcessor):
+    """WanAttnProcessor for the self-attention (`attn1`) of a block: the same projections,
+    q/k norms and RoPE, with the attention call routed through the sparse runtime."""
+
+    def __init__(self, runtime, layer: int):
+        super().__init__()
+        self.runtime = runtime
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if encoder_hidden_states is not None:  # not self-attention: the stock path
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query, key = _rotary(query, *rotary_emb), _rotary(key, *rotary_emb)
+        out = self.runtime.attention(query, key, value, self.layer) if attention_mask is None else None
+        if out is None:
+            out = dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _grid(transformer, inputs) -> TokenGrid:
+    frames, height, width = latent_grid(inputs["hidden_states"].shape, transformer.config.patch_size)
+    return TokenGrid(frames, height, width)
+
+
+WAN = ModelFamily(
+    name="wan",
+    transformer_classes=("WanTransformer3DModel",),
+    self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.blocks)],
+    make_processor=lambda original, runtime, layer: SparseWanAttnProcessor(runtime, layer),
+    grid=_grid,
+)

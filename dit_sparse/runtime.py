@@ -1,0 +1,121 @@
+"""SparseRuntime: the per-transformer state that attention processors consult.
+
+One runtime per transformer (Wan 2.2 A14B has two). A hook on the transformer's forward
+(`StepHook`) tells it, once per call, the token grid, the denoising step and the CFG branch;
+the processors of its self-attention layers then ask `attention(q, k, v, layer)` for the
+sparse output, or None where the layer and step run dense (they then run the model's own
+attention call).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .config import SparseAttentionConfig
+from .geometry import TokenGrid
+from .plan_cache import PlanCache
+
+
+class SparseRuntime:
+    def __init__(self, config: SparseAttentionConfig, name: str = "transformer"):
+        self.name = name
+        self.config = config
+        self.cache = PlanCache(config)
+        self.enabled = True
+        self.grid: TokenGrid | None = None
+        self.step = 0
+        self.num_steps: int | None = None
+        self.branch: str | int = 0
+        self._last_timestep: float | None = None
+        self._calls_this_step = 0
+        self.layer_calls: dict = {}
+        self.reset()
+
+    def reset(self):
+        """Forget plans, counts and step bookkeeping (a new generation)."""
+        self.cache.reset()
+        self.step = 0
+        self._last_timestep = None
+        self._calls_this_step = 0
+        self.layer_calls = {}
+        self.steps_by_branch: dict = defaultdict(lambda: {"dense": set(), "sparse": set()})
+
+    def begin_call(self, grid: TokenGrid | None, timestep, context=None, num_steps: int | None = None):
+        """Called by the hook before each transformer forward.
+
+        The step comes from diffusers' cache context when the pipeline gives one (`step_index`),
+        else from the timestep: a new value is the next step, a larger one a new generation.
+        The CFG branch is the context's name ("cond", "uncond", "cond_uncond"), else the call's
+        ordinal within its step (Wan without contexts calls cond, then uncond).
+        """
+        self.grid = grid
+        step_index = getattr(context, "step_index", None)
+        t = _scalar(timestep)
+        last = self._last_timestep
+        if (step_index is not None and step_index < self.step) or (t is not None and last is not None and t > last):
+            self.reset()  # timesteps only fall within a generation
+            last = None
+        if step_index is not None:
+            new_step = step_index != self.step
+            self.step = step_index
+        else:
+            new_step = last is not None and t != last
+            self.step += int(new_step)
+        if new_step:
+            self._calls_this_step = 0
+        self._last_timestep = t
+        self.num_steps = getattr(context, "num_inference_steps", None) or num_steps
+        name = getattr(context, "name", None)
+        self.branch = name if name is not None else self._calls_this_step
+        self._calls_this_step += 1
+
+    def attention(self, q, k, v, layer: int, *, layout: str = "bshd", scale=None, grid: TokenGrid | None = None):
+        """Sparse attention output for one self-attention call, or None to run it dense.
+
+        q, k, v: (B, S, H, D) for layout "bshd" (diffusers' dispatch layout) or (B, H, S, D) for
+        "bhsd"; the output has the same layout. `grid` overrides the call's grid (a processor
+        that drops padded text tokens passes the shorter one).
+        """
+        grid = grid or self.grid
+        if not self.enabled or grid is None:
+            return None
+        if layout == "bshd":
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        out = self.cache.attend(
+            q, k, v, layer=layer, branch=self.branch, step=self.step, num_steps=self.num_steps, grid=grid, scale=scale,
+        )
+        kind = "dense" if out is None else "sparse"
+        self.steps_by_branch[self.branch][kind].add(self.step)
+        self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
+        if out is None:
+            return None
+        return out.transpose(1, 2) if layout == "bshd" else out
+
+    def stats(self) -> dict:
+        """Per layer: the kinds and densities of its latest plan per branch; totals."""
+        layers = {}
+        for (layer, branch), plan in sorted(self.cache.plans.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            layers.setdefault(layer, {})[str(branch)] = {
+                "kinds": plan.kinds, "density": plan.density.tolist(), "mean_density": plan.mean_density,
+                "profiled_at_step": plan.step,
+            }
+        return {
+            "layers": layers,
+            "mean_density": self.cache.mean_density(),
+            "num_profiles": self.cache.num_profiles,
+            "dense_calls": self.cache.dense_calls,
+            "sparse_calls": self.cache.sparse_calls,
+            "steps": {str(b): {k: sorted(s) for k, s in d.items()} for b, d in self.steps_by_branch.items()},
+        }
+
+
+def _scalar(timestep) -> float | None:
+    """The timestep of a call as one float (the largest of a per-sample or per-token tensor;
+    one host read per transformer call, outside any attention call)."""
+    if timestep is None:
+        return None
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.max()) if timestep.numel() else None
+    return float(timestep)

@@ -1,0 +1,97 @@
+"""apply/remove, the handle, and the drop-in pipelines, on a tiny Wan pipeline."""
+
+import pytest
+import torch
+from diffusers import UNet2DModel, WanPipeline
+
+import dit_sparse
+from dit_sparse import SparseAttentionConfig, UnsupportedModelError
+from dit_sparse.pipelines import SparseWanPipeline
+
+import family_checks as checks
+from test_family_wan import build, call_kwargs
+
+SPARSE = SparseAttentionConfig(dense_steps=0, dense_layers=0, **checks.TINY)
+
+
+def latents(pipe, **overrides):
+    return pipe(**{**call_kwargs(), **overrides}).frames
+
+
+def test_enabled_switches_sparsity_off_and_on():
+    pipe = build()
+    stock = latents(pipe)
+    handle = dit_sparse.apply(pipe, SPARSE)
+    handle.enabled = False
+    assert torch.equal(latents(pipe), stock) and handle.stats()["sparse_calls"] == 0
+    handle.enabled = True
+    latents(pipe)
+    assert handle.stats()["sparse_calls"] > 0
+
+
+def test_two_pipelines_do_not_share_state():
+    dense_pipe, sparse_pipe = build(), build()
+    stock = latents(dense_pipe)
+    dense_handle = dit_sparse.apply(dense_pipe, SparseAttentionConfig(dense_steps=1.0, **checks.TINY))
+    sparse_handle = dit_sparse.apply(sparse_pipe, SPARSE)
+    latents(sparse_pipe)
+    assert torch.equal(latents(dense_pipe), stock)
+    latents(sparse_pipe)
+    assert dense_handle.stats()["sparse_calls"] == 0 and dense_handle.stats()["num_profiles"] == 0
+    assert sparse_handle.stats()["sparse_calls"] > 0
+    assert dense_handle.runtimes["transformer"].cache is not sparse_handle.runtimes["transformer"].cache
+
+
+def test_new_resolution_reprofiles():
+    pipe = build()
+    handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0, dense_layers=0, refresh_every=0, **checks.TINY))
+    latents(pipe)
+    runtime = handle.runtimes["transformer"]
+    first = {key: plan.grid for key, plan in runtime.cache.plans.items()}
+    latents(pipe, height=96, width=64)
+    second = {key: plan.grid for key, plan in runtime.cache.plans.items()}
+    assert first.keys() == second.keys()
+    assert all(first[k].height == 4 and second[k].height == 6 for k in first)
+    assert handle.stats()["num_profiles"] == len(second)  # one profile per key in the new generation
+
+
+def test_unsupported_models_get_a_clear_error():
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    with pytest.raises(UnsupportedModelError, match="UNet2DModel.*supported families: wan") as err:
+        dit_sparse.apply(unet)
+    assert isinstance(err.value, ValueError)
+    with pytest.raises(UnsupportedModelError, match="got str"):
+        dit_sparse.apply("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+
+
+def test_dropin_pipeline_round_trips_through_save_pretrained(tmp_path):
+    stock = build()
+    pipe = SparseWanPipeline(**stock.components, sparse_config=SPARSE)
+    assert isinstance(pipe, WanPipeline) and pipe.sparse_attention.config == SPARSE
+    out = latents(pipe)
+    assert pipe.sparse_attention.stats()["sparse_calls"] > 0
+    pipe.save_pretrained(tmp_path)
+    loaded = SparseWanPipeline.from_pretrained(tmp_path, tokenizer=None, text_encoder=None, sparse_config=SPARSE)
+    assert loaded.sparse_attention.config == SPARSE and loaded.sparse_attention is not pipe.sparse_attention
+    torch.testing.assert_close(latents(loaded), out)
+    default = SparseWanPipeline.from_pretrained(tmp_path, tokenizer=None, text_encoder=None)
+    assert default.sparse_attention.config == SparseAttentionConfig()
+
+
+def test_dropin_pipeline_with_sparsity_off_is_stock():
+    stock = build()
+    expected = latents(stock)
+    pipe = SparseWanPipeline(**stock.components, sparse_config=SparseAttentionConfig(dense_steps=1.0))
+    assert torch.equal(latents(pipe), expected)
+
+
+def test_works_alongside_first_block_cache():
+    from diffusers import FirstBlockCacheConfig
+
+    pipe = build()
+    handle = dit_sparse.apply(pipe, SPARSE)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    out = latents(pipe, num_inference_steps=4)
+    assert torch.isfinite(out).all() and handle.stats()["sparse_calls"] > 0
+    assert set(handle.stats()["steps"]["transformer"]) == {"cond", "uncond"}

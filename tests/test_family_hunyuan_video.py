@@ -1,0 +1,134 @@
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import dit_sparse
+from dit_sparse import SparseAttentionConfig
+from dit_sparse.geometry import TokenGrid
+from dit_sparse.families import hunyuan_video
+
+import family_checks as checks
+
+TEXT_DIM, POOLED_DIM, TEXT_LEN = 16, 8, 12
+DUAL, SINGLE = 2, 2
+FULL_BANDS = SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY)
+
+
+def build():
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=DUAL,
+        num_single_layers=SINGLE, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=TEXT_DIM, pooled_projection_dim=POOLED_DIM, rope_axes_dim=(4, 6, 6),
+    )
+    return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=None,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None, tokenizer_2=None)
+
+
+def text_mask(*valid):
+    """(len(valid), TEXT_LEN) mask with the first n tokens of each row valid, the rest padding."""
+    return (torch.arange(TEXT_LEN) < torch.tensor(valid)[:, None]).float()
+
+
+def call_kwargs(cond_valid=(9,), uncond_valid=(5,)):
+    """Padded prompts (9 and 5 of 12 text tokens valid) with true CFG: cond then uncond calls.
+    3 latent frames of 6 x 6 tokens (latent 12 x 12, patch 2) = 108 video tokens."""
+    gen = torch.Generator().manual_seed(0)
+    batch = len(cond_valid)
+    return dict(
+        prompt_embeds=torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=gen),
+        pooled_prompt_embeds=torch.randn(batch, POOLED_DIM, generator=gen),
+        prompt_attention_mask=text_mask(*cond_valid),
+        negative_prompt_embeds=torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=gen),
+        negative_pooled_prompt_embeds=torch.randn(batch, POOLED_DIM, generator=gen),
+        negative_prompt_attention_mask=text_mask(*uncond_valid),
+        height=96, width=96, num_frames=9, num_inference_steps=3, guidance_scale=6.0, true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(1), output_type="latent",
+    )
+
+
+def test_all_dense_steps_are_identical():
+    checks.check_all_dense_steps_are_identical(build, call_kwargs)
+
+
+def test_sparse_path_with_full_bands_matches_stock():
+    checks.check_sparse_path_with_full_bands_matches_stock(build, call_kwargs)
+
+
+def test_default_config_runs_sparse():
+    checks.check_default_config_runs_sparse(build, call_kwargs)
+
+
+def test_remove_restores_processors():
+    checks.check_remove_restores_processors(build, call_kwargs)
+
+
+def test_step_and_branch_bookkeeping():
+    checks.check_step_and_branch_bookkeeping(build, call_kwargs, branches=["cond", "uncond"])
+
+
+def test_dual_and_single_blocks_are_one_layer_sequence_refiner_untouched():
+    pipe = build()
+    handle = dit_sparse.apply(pipe, FULL_BANDS)
+    t = pipe.transformer
+    assert [block.attn.processor.layer for block in t.transformer_blocks] == list(range(DUAL))
+    assert [block.attn.processor.layer for block in t.single_transformer_blocks] == list(range(DUAL, DUAL + SINGLE))
+    refiner = [m.processor for name, m in t.named_modules() if name.startswith("context_embedder") and hasattr(m, "processor")]
+    assert refiner and all(type(p) is AttnProcessor2_0 for p in refiner)
+    pipe(**{**call_kwargs(), "num_inference_steps": 1})
+    runtime = handle.runtimes["transformer"]
+    assert set(runtime.layer_calls) == set(range(DUAL + SINGLE))
+    # each branch's grid holds its own valid text length: the padded text tokens are dropped
+    assert runtime.cache.plans[(0, "cond")].grid == TokenGrid(3, 6, 6, 9, "suffix")
+    assert runtime.cache.plans[(0, "uncond")].grid == TokenGrid(3, 6, 6, 5, "suffix")
+
+
+def test_padded_text_keys_stay_excluded(monkeypatch):
+    """All heads dense through the sparse path on a prompt with 7 of 12 text tokens valid:
+    matches stock, and would not if the padded text keys were attended."""
+    kwargs = lambda: {**call_kwargs(cond_valid=(7,), uncond_valid=(3,)), "num_inference_steps": 2}  # noqa: E731
+    pipe = build()
+    stock = checks.generate(pipe, kwargs)
+    handle = dit_sparse.apply(pipe, FULL_BANDS)
+    out = checks.generate(pipe, kwargs)
+    stats = handle.stats()
+    assert stats["dense_calls"] == 0 and stats["sparse_calls"] > 0
+    torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
+
+    # the same sparse path with the padded keys attended (every text token counted valid)
+    monkeypatch.setattr(hunyuan_video, "_valid_text_lengths", lambda mask: [mask.shape[1]] * mask.shape[0])
+    handle.reset()
+    leaky = checks.generate(pipe, kwargs)
+    assert handle.runtimes["transformer"].cache.plans[(0, "cond")].grid.text_len == TEXT_LEN
+    assert not torch.allclose(leaky, stock, atol=2e-4, rtol=1e-3)  # max |diff| ~7e-2, vs ~2e-6 above
+
+
+def test_batch_with_different_text_lengths_runs_stock():
+    """Batch items with different valid text lengths: the stock attention, bit-identical."""
+    kwargs = lambda: {**call_kwargs(cond_valid=(9, 6), uncond_valid=(5, 3)), "num_inference_steps": 2}  # noqa: E731
+    pipe = build()
+    stock = checks.generate(pipe, kwargs)
+    handle = dit_sparse.apply(pipe, FULL_BANDS)
+    out = checks.generate(pipe, kwargs)
+    assert torch.equal(out, stock)
+    assert handle.runtimes["transformer"].grid is None and handle.stats()["sparse_calls"] == 0
+
+
+def test_padded_text_query_rows_match_stock():
+    """One attention call of each block kind, sparse path: the video rows and every text row,
+    padded ones included (computed with the stock masked call), match the stock processor."""
+    pipe = build()
+    handle = dit_sparse.apply(pipe, FULL_BANDS)
+    pipe(**{**call_kwargs(), "num_inference_steps": 1})  # leaves the runtime on the uncond grid: 5 text tokens valid
+    t, runtime = pipe.transformer, handle.runtimes["transformer"]
+    gen = torch.Generator().manual_seed(2)
+    rope = t.rope(torch.zeros(1, 4, 3, 12, 12))
+    video, text = torch.randn(1, 108, 32, generator=gen), torch.randn(1, TEXT_LEN, 32, generator=gen)
+    mask = (torch.arange(108 + TEXT_LEN) < 108 + 5)[None, None, None]
+    stock_processor = hunyuan_video.HunyuanVideoAttnProcessor2_0()
+    for attn in (t.transformer_blocks[1].attn, t.single_transformer_blocks[1].attn):
+        calls = runtime.cache.sparse_calls
+        out = attn.processor(attn, video, text, mask, rope)
+        assert runtime.cache.sparse_calls == calls + 1
+        for got, want in zip(out, stock_processor(attn, video, text, mask, rope)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,174 @@
+from functools import partial
+
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+)
+
+import dit_sparse
+from dit_sparse import SparseAttentionConfig
+from dit_sparse.families.qwenimage import QWENIMAGE, SparseQwenDoubleStreamAttnProcessor
+from dit_sparse.runtime import SparseRuntime
+from dit_sparse.geometry import TokenGrid
+
+import family_checks as checks
+
+TEXT_DIM, Z_DIM = 16, 4
+HEIGHT, WIDTH = 64, 96  # pixels; the VAE below downsamples 4x, packing halves: 8 x 12 tokens
+ROWS, COLS = HEIGHT // 8, WIDTH // 8
+COND_LEN, UNCOND_LEN = 7, 11  # the two CFG branches have different text lengths
+
+
+def build():
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=4 * Z_DIM, out_channels=Z_DIM, num_layers=3, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=Z_DIM * 6, z_dim=Z_DIM, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM,
+    )
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                             transformer=transformer)
+
+
+def call_kwargs(cond_len=COND_LEN, uncond_len=UNCOND_LEN, cond_mask=None, cfg=True, num_inference_steps=3):
+    """With cfg, true CFG (a negative prompt and true_cfg_scale > 1): the pipeline calls "cond"
+    then "uncond". All-ones masks: the pipeline passes None to the transformer."""
+    gen = torch.Generator().manual_seed(0)
+    kwargs = dict(
+        prompt_embeds=torch.randn(1, cond_len, TEXT_DIM, generator=gen),
+        prompt_embeds_mask=torch.ones(1, cond_len, dtype=torch.long) if cond_mask is None else cond_mask,
+        height=HEIGHT, width=WIDTH, num_inference_steps=num_inference_steps,
+        generator=torch.Generator().manual_seed(1), output_type="latent",
+    )
+    if cfg:
+        kwargs.update(negative_prompt_embeds=torch.randn(1, uncond_len, TEXT_DIM, generator=gen),
+                      negative_prompt_embeds_mask=torch.ones(1, uncond_len, dtype=torch.long), true_cfg_scale=4.0)
+    return kwargs
+
+
+def spy_on(runtime):
+    """Make the runtime record (layer, q length, k length, grid) of each call and run it stock."""
+    seen = []
+
+    def spy(q, k, v, layer, **kwargs):
+        seen.append((layer, q.shape[1], k.shape[1], kwargs.get("grid") or runtime.grid))
+        return None
+
+    runtime.attention = spy
+    return seen
+
+
+def test_all_dense_steps_are_identical():
+    checks.check_all_dense_steps_are_identical(build, call_kwargs)
+
+
+def test_sparse_path_with_full_bands_matches_stock():
+    checks.check_sparse_path_with_full_bands_matches_stock(build, call_kwargs)
+
+
+def test_default_config_runs_sparse():
+    checks.check_default_config_runs_sparse(build, call_kwargs)
+
+
+def test_remove_restores_processors():
+    checks.check_remove_restores_processors(build, call_kwargs)
+
+
+def test_step_and_branch_bookkeeping():
+    checks.check_step_and_branch_bookkeeping(build, call_kwargs, branches=["cond", "uncond"])
+
+
+def test_grid_matches_attention_sequence():
+    """Grid from img_shapes (1, 8, 12) with each branch's own text prefix; it counts exactly the
+    tokens the processor passes to attention."""
+    pipe = build()
+    handle = dit_sparse.apply(pipe, SparseAttentionConfig(**checks.TINY))
+    seen = spy_on(handle.runtimes["transformer"])
+    pipe(**{**call_kwargs(), "num_inference_steps": 1})
+    assert len(seen) == 2 * 3  # cond then uncond, three layers each
+    lengths = [grid.text_len for _, _, _, grid in seen]
+    assert lengths == [COND_LEN] * 3 + [UNCOND_LEN] * 3
+    for _, q_len, k_len, grid in seen:
+        assert grid == TokenGrid(1, ROWS, COLS, grid.text_len, "prefix")
+        assert q_len == k_len == grid.num_tokens
+
+
+def test_two_text_lengths_one_handle():
+    """Generations with different text lengths on one handle: each re-profiles for its own
+    grid and matches stock with full bands."""
+    pipe = build()
+    short = partial(call_kwargs, 5, 5, num_inference_steps=2)
+    long = partial(call_kwargs, 21, 30, num_inference_steps=2)
+    stock = [checks.generate(pipe, kw) for kw in (short, long)]
+    handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY))
+    for kw, expected in zip((short, long), stock):
+        out = checks.generate(pipe, kw)
+        torch.testing.assert_close(out, expected, atol=2e-4, rtol=1e-3)
+        assert handle.stats()["sparse_calls"] > 0
+
+
+def test_padded_text_keys_stay_excluded():
+    """A prompt padded with 4 masked tokens: the pipeline passes the mask, the sparse path sees
+    only the 8 valid text tokens and the image, and the output matches the stock masked call."""
+    mask = torch.tensor([[1] * 8 + [0] * 4])
+    kwargs = partial(call_kwargs, 12, cond_mask=mask)
+    pipe = build()
+    stock = checks.generate(pipe, kwargs)
+    handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY))
+    out = checks.generate(pipe, kwargs)
+    assert handle.stats()["sparse_calls"] > 0
+    torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
+    seen = spy_on(handle.runtimes["transformer"])
+    pipe(**{**kwargs(), "num_inference_steps": 1})
+    cond = seen[:3]
+    assert all(grid == TokenGrid(1, ROWS, COLS, 8, "prefix") and q == k == 8 + ROWS * COLS for _, q, k, grid in cond)
+
+
+def test_other_masks_run_stock():
+    """A mask with a hole gives no grid: every call runs the stock masked attention, bit-identical."""
+    mask = torch.tensor([[1, 1, 0] + [1] * 9])
+    kwargs = partial(call_kwargs, 12, cond_mask=mask, cfg=False)
+    pipe = build()
+    stock = checks.generate(pipe, kwargs)
+    handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY))
+    assert torch.equal(checks.generate(pipe, kwargs), stock)
+    assert handle.stats()["sparse_calls"] == 0
+
+
+def test_grid_function():
+    transformer = build().transformer
+    hidden, text = torch.zeros(2, 6 * 10, 4), torch.zeros(2, 9, TEXT_DIM)
+
+    def grid(mask=None, shapes=((1, 6, 10),)):
+        return QWENIMAGE.grid(transformer, dict(hidden_states=hidden, encoder_hidden_states=text,
+                                                encoder_hidden_states_mask=mask, img_shapes=[list(shapes)] * 2))
+
+    assert grid() == TokenGrid(1, 6, 10, 9, "prefix")
+    assert grid(torch.ones(2, 9)) == TokenGrid(1, 6, 10, 9, "prefix")
+    assert grid(torch.tensor([[1] * 6 + [0] * 3] * 2)) == TokenGrid(1, 6, 10, 6, "prefix")
+    assert grid(torch.tensor([[1] * 6 + [0] * 3, [1] * 9])) is None  # per-sample lengths differ
+    assert grid(torch.zeros(2, 9)) is None
+    assert grid(shapes=((1, 6, 10), (1, 6, 10))) is None  # edit pipelines: appended condition image
+    assert grid(shapes=((1, 5, 10),)) is None  # does not count hidden_states' tokens
+
+
+def test_processor_with_padded_mask_matches_stock_processor():
+    """One attention call, batch 2, 3 padded text tokens: image and text outputs (padded text
+    rows included) match the stock processor with its key mask."""
+    attn = build().transformer.transformer_blocks[1].attn
+    gen = torch.Generator().manual_seed(2)
+    image, text = torch.randn(2, 48, attn.query_dim, generator=gen), torch.randn(2, 10, attn.query_dim, generator=gen)
+    mask = torch.tensor([[True] * 7 + [False] * 3] * 2)
+    stock = attn.processor(attn, image, text, mask)
+    runtime = SparseRuntime(SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY))
+    runtime.begin_call(TokenGrid(1, 6, 8, 7, "prefix"), timestep=1.0, num_steps=1)
+    sparse = SparseQwenDoubleStreamAttnProcessor(runtime, layer=1)(attn, image, text, mask)
+    assert runtime.cache.sparse_calls == 1
+    for got, expected in zip(sparse, stock):
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
