@@ -11,7 +11,7 @@ TEXT_DIM, POOLED_DIM, TEXT_LEN = 32, 16, 8
 NUM_LAYERS = 3
 
 
-BRANCHES = ["0"]  # CFG branches as the runtime names them  # batched CFG without a cache context: one branch
+BRANCHES = ["0"]  # batched CFG without a cache context: one branch, named by its ordinal
 
 def build():
     """SD3.5-like: qk norms, and dual attention (`attn2`) in blocks 0 and 1."""
