@@ -46,13 +46,9 @@ class SparseAttention:
 
     def set_config(self, config: SparseAttentionConfig):
         """Switch to another config (plans and counts start afresh)."""
-        from .plan_cache import PlanCache
-
         self.config = config
         for r in self.runtimes.values():
-            r.config = config
-            r.cache = PlanCache(config)
-            r.reset()
+            r.set_config(config)
 
     def stats(self) -> dict:
         """Per self-attention layer ("<transformer>.<index>") and CFG branch: head kinds and

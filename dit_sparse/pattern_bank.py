@@ -88,7 +88,3 @@ class PatternBank:
             matrix[c, layout] = stacked[c][query_blocks[layout]].float()
         self.recall_matrix = matrix.flatten(1).t().contiguous().to(self.device)
         self.sample_rows = rows.to(self.device)
-
-    @property
-    def num_blocks(self) -> int:
-        return self.kv_counts.shape[-1]

@@ -21,25 +21,25 @@ from .plan_cache import PlanCache
 class SparseRuntime:
     def __init__(self, config: SparseAttentionConfig, name: str = "transformer"):
         self.name = name
-        self.config = config
-        self.cache = PlanCache(config)
         self.enabled = True
         self.grid: TokenGrid | None = None
-        self.step = 0
         self.num_steps: int | None = None
         self.branch: str | int = 0
-        self._last_timestep: float | None = None
-        self._calls_this_step = 0
-        self.layer_calls: dict = {}
+        self.set_config(config)
+
+    def set_config(self, config: SparseAttentionConfig):
+        """Switch to another config: plans and counts start afresh."""
+        self.config = config
+        self.cache = PlanCache(config)
         self.reset()
 
     def reset(self):
         """Forget plans, counts and step bookkeeping (a new generation)."""
         self.cache.reset()
         self.step = 0
-        self._last_timestep = None
+        self._last_timestep: float | None = None
         self._calls_this_step = 0
-        self.layer_calls = {}
+        self.layer_calls: dict = {}  # self-attention calls per layer, dense or sparse
         self.steps_by_branch: dict = defaultdict(lambda: {"dense": set(), "sparse": set()})
 
     def begin_call(self, grid: TokenGrid | None, timestep, context=None, num_steps: int | None = None):

@@ -95,3 +95,15 @@ def test_works_alongside_first_block_cache():
     out = latents(pipe, num_inference_steps=4)
     assert torch.isfinite(out).all() and handle.stats()["sparse_calls"] > 0
     assert set(handle.stats()["steps"]["transformer"]) == {"cond", "uncond"}
+
+
+def test_applying_again_with_a_config_switches_it():
+    pipe = build()
+    handle = dit_sparse.apply(pipe, SPARSE)
+    latents(pipe)
+    fixed = SparseAttentionConfig(density=0.5, dense_steps=0, dense_layers=0, **checks.TINY)
+    assert dit_sparse.apply(pipe, fixed) is handle
+    runtime = handle.runtimes["transformer"]
+    assert handle.config == runtime.config == runtime.cache.config == fixed and not runtime.cache.plans
+    latents(pipe)
+    assert all(len(plan.bank.candidates) == 2 for plan in runtime.cache.plans.values())  # fixed-density bank

@@ -29,6 +29,16 @@ class ModelFamily:
         return any(cls.__name__ in self.transformer_classes for cls in type(transformer).__mro__)
 
 
+class SparseProcessor:
+    """Mixed in before a stock attention processor: binds it to the transformer's runtime and
+    to its layer index (the key of its plans)."""
+
+    def __init__(self, runtime, layer: int):
+        super().__init__()
+        self.runtime = runtime
+        self.layer = layer
+
+
 def latent_grid(shape, patch_size) -> tuple[int, int, int]:
     """(frames, height, width) in tokens of a (B, C, F, H, W) or (B, C, H, W) latent."""
     if len(shape) == 5:

@@ -9,18 +9,16 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, Fuse
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..geometry import TokenGrid
-from .base import ModelFamily
+from .base import ModelFamily, SparseProcessor
 
 
-class SparseCogVideoXAttnProcessor(CogVideoXAttnProcessor2_0):
+class SparseCogVideoXAttnProcessor(SparseProcessor, CogVideoXAttnProcessor2_0):
     """CogVideoXAttnProcessor2_0 (or its fused-QKV variant, `fused=True`) for the joint
     self-attention of a block: the same projections, q/k norms and RoPE on the video tokens,
     with the attention call routed through the sparse runtime."""
 
     def __init__(self, runtime, layer: int, fused: bool = False):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
+        super().__init__(runtime, layer)
         self.fused = fused
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):

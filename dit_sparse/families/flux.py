@@ -17,17 +17,12 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from ..geometry import TokenGrid
-from .base import ModelFamily
+from .base import ModelFamily, SparseProcessor
 
 
-class SparseFluxAttnProcessor(FluxAttnProcessor):
+class SparseFluxAttnProcessor(SparseProcessor, FluxAttnProcessor):
     """FluxAttnProcessor with the same projections, q/k norms and RoPE, with the joint
     [text, image] attention call routed through the sparse runtime."""
-
-    def __init__(self, runtime, layer: int):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(

@@ -16,7 +16,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, latent_grid
+from .base import ModelFamily, SparseProcessor, latent_grid
 
 
 def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
@@ -52,14 +52,9 @@ def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
     return query, key, value
 
 
-class SparseHunyuanVideoAttnProcessor(HunyuanVideoAttnProcessor2_0):
+class SparseHunyuanVideoAttnProcessor(SparseProcessor, HunyuanVideoAttnProcessor2_0):
     """HunyuanVideoAttnProcessor2_0 of a dual- or single-stream block: the same projections,
     norms and RoPE; the joint attention over video + valid text goes through the sparse runtime."""
-
-    def __init__(self, runtime, layer: int):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         grid = self.runtime.grid

@@ -9,17 +9,12 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor, apply_rotary_emb
 
 from ..geometry import TokenGrid
-from .base import ModelFamily
+from .base import ModelFamily, SparseProcessor
 
 
-class SparseLTXVideoAttnProcessor(LTXVideoAttnProcessor):
+class SparseLTXVideoAttnProcessor(SparseProcessor, LTXVideoAttnProcessor):
     """LTXVideoAttnProcessor for the self-attention (`attn1`) of a block: the same projections,
     q/k norms and RoPE, with the attention call routed through the sparse runtime."""
-
-    def __init__(self, runtime, layer: int):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if encoder_hidden_states is not None or attention_mask is not None or self._parallel_config is not None:

@@ -23,17 +23,12 @@ from diffusers.models.transformers.transformer_qwenimage import (
 )
 
 from ..geometry import TokenGrid
-from .base import ModelFamily
+from .base import ModelFamily, SparseProcessor
 
 
-class SparseQwenDoubleStreamAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
+class SparseQwenDoubleStreamAttnProcessor(SparseProcessor, QwenDoubleStreamAttnProcessor2_0):
     """QwenDoubleStreamAttnProcessor2_0 with the same projections, q/k norms, RoPE and text
     mask, with the joint [text, image] attention call routed through the sparse runtime."""
-
-    def __init__(self, runtime, layer: int):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
                  attention_mask=None, image_rotary_emb=None):

@@ -9,17 +9,12 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, latent_grid
+from .base import ModelFamily, SparseProcessor, latent_grid
 
 
-class SparseJointAttnProcessor(JointAttnProcessor2_0):
+class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
     """JointAttnProcessor2_0: the same projections and q/k norms, with the attention call
     routed through the sparse runtime (joint image + text for `attn`, image only for `attn2`)."""
-
-    def __init__(self, runtime, layer: int):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         residual = hidden_states

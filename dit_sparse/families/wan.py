@@ -6,7 +6,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, latent_grid
+from .base import ModelFamily, SparseProcessor, latent_grid
 
 
 def _rotary(x, freqs_cos, freqs_sin):
@@ -19,14 +19,9 @@ def _rotary(x, freqs_cos, freqs_sin):
     return out.type_as(x)
 
 
-class SparseWanAttnProcessor(WanAttnProcessor):
+class SparseWanAttnProcessor(SparseProcessor, WanAttnProcessor):
     """WanAttnProcessor for the self-attention (`attn1`) of a block: the same projections,
     q/k norms and RoPE, with the attention call routed through the sparse runtime."""
-
-    def __init__(self, runtime, layer: int):
-        super().__init__()
-        self.runtime = runtime
-        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if encoder_hidden_states is not None:  # not self-attention: the stock path
