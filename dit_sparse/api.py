@@ -52,13 +52,15 @@ class SparseAttention:
 
     def stats(self) -> dict:
         """Per self-attention layer ("<transformer>.<index>") and CFG branch: head kinds and
-        densities of the latest plan; totals over all transformers of this generation."""
+        densities of the latest plan (layers that never ran sparse are absent; `layer_indices`
+        lists every layer per transformer); totals over all transformers of this generation."""
         per = {name: r.stats() for name, r in self.runtimes.items()}
         layers = {f"{name}.{layer}": v for name, s in per.items() for layer, v in s["layers"].items()}
         sparse = sum(s["sparse_calls"] for s in per.values())
         weighted = sum((s["mean_density"] or 0.0) * s["sparse_calls"] for s in per.values())
         return {
             "layers": layers,
+            "layer_indices": {name: s["layer_indices"] for name, s in per.items()},
             "mean_density": weighted / sparse if sparse else None,
             "num_profiles": sum(s["num_profiles"] for s in per.values()),
             "dense_calls": sum(s["dense_calls"] for s in per.values()),
@@ -143,6 +145,7 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
                     setattr(processor, setting, getattr(module.processor, setting))
             originals.append((module, module.processor))
             module.set_processor(processor)
+            runtime.layers.append(layer)
         hooks.attach(transformer, hooks.StepHook(runtime, family, num_steps))
         runtimes[name] = runtime
     handle = SparseAttention(config, runtimes, originals, transformers)

@@ -25,6 +25,7 @@ class SparseRuntime:
         self.grid: TokenGrid | None = None
         self.num_steps: int | None = None
         self.branch: str | int = 0
+        self.layers: list[int] = []  # indices of the self-attention layers it serves (set by apply)
         self.set_config(config)
 
     def set_config(self, config: SparseAttentionConfig):
@@ -103,6 +104,7 @@ class SparseRuntime:
             }
         return {
             "layers": layers,
+            "layer_indices": list(self.layers),
             "mean_density": self.cache.mean_density(),
             "num_profiles": self.cache.num_profiles,
             "dense_calls": self.cache.dense_calls,

@@ -1,0 +1,331 @@
+"""Load a diffusers pipeline from a folder or hub id, check a request against it, run one
+generation and time it: the engine behind `dit-sparse generate` and `dit-sparse compare`.
+
+Every problem a user can cause (unknown family, missing folder, unreachable hub id, a size or
+frame count the model cannot take, out of GPU memory) raises `GenerationError` with a message
+that says what to do.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
+# How the bundled demo model was trained: its native clip size, and 32 text tokens (longer
+# zero-padded text would shift its cross-attention).
+DEMO_DEFAULTS = dict(num_frames=33, height=256, width=256, steps=20, guidance_scale=5.0, max_sequence_length=32)
+VIDEO_SUFFIXES = (".mp4", ".gif")
+IMAGE_SUFFIXES = (".png",)
+
+
+class GenerationError(Exception):
+    """A problem with the user's request, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the CLI needs to know of a supported pipeline class."""
+
+    family: str
+    video: bool
+    patch_multiple: int = 0  # spatial patch when the pipeline packs latents itself (Flux, Qwen: 2x2)
+
+    def spatial_multiple(self, pipe) -> int:
+        """Pixels per token side: height and width must be multiples of this."""
+        vae = next(getattr(pipe, a) for a in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio",
+                                             "vae_scale_factor") if hasattr(pipe, a))
+        if self.patch_multiple:
+            return vae * self.patch_multiple
+        patch = getattr(pipe, "transformer_spatial_patch_size", None) or getattr(pipe, "patch_size", None)
+        if patch is None:
+            patch = pipe.transformer.config.patch_size
+        return vae * (patch[-1] if isinstance(patch, (tuple, list)) else patch)
+
+    def temporal_factor(self, pipe) -> int:
+        """Frames must be k * factor + 1 (the VAE's causal temporal compression)."""
+        return next(getattr(pipe, a) for a in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio")
+                    if hasattr(pipe, a))
+
+
+PIPELINES = {
+    "WanPipeline": PipelineSpec("Wan", video=True),
+    "CogVideoXPipeline": PipelineSpec("CogVideoX", video=True),
+    "HunyuanVideoPipeline": PipelineSpec("HunyuanVideo", video=True),
+    "LTXPipeline": PipelineSpec("LTX-Video", video=True),
+    "FluxPipeline": PipelineSpec("Flux", video=False, patch_multiple=2),
+    "StableDiffusion3Pipeline": PipelineSpec("SD3", video=False),
+    "QwenImagePipeline": PipelineSpec("Qwen-Image", video=False, patch_multiple=2),
+}
+
+
+def supported_pipelines() -> str:
+    return ", ".join(f"{spec.family} ({name})" for name, spec in PIPELINES.items())
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None = None
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int = 0
+    max_sequence_length: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # (F, H, W, 3) float in [0, 1]; F = 1 for images
+    wall_s: float
+    transformer_s: float  # time inside the transformer forward(s)
+    steps: int
+    stats: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def transformer_s_per_step(self) -> float:
+        return self.transformer_s / max(1, self.steps)
+
+
+def resolve_model(model: str | None) -> tuple[Path, bool]:
+    """The local pipeline folder for `model` (None = the bundled demo model) and whether it is
+    the demo model. A hub id is fetched (from the local cache first)."""
+    if model is None:
+        if not (DEMO_MODEL / "model_index.json").exists():
+            raise GenerationError(
+                f"The bundled demo model is missing from this install (expected at {DEMO_MODEL}). "
+                "Reinstall dit-sparse from a full checkout, or pass --model with a diffusers pipeline folder or hub id."
+            )
+        return DEMO_MODEL, True
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise GenerationError(
+                f"{path} is a folder but not a diffusers pipeline (it has no model_index.json). Pass the folder "
+                "that `pipe.save_pretrained(...)` or `huggingface-cli download` wrote."
+            )
+        return path, path.resolve() == DEMO_MODEL.resolve()
+    if path.exists():
+        raise GenerationError(f"--model {model} is a file; pass a diffusers pipeline folder or a hub id.")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model) or model.startswith((".", "/", "~")):
+        raise GenerationError(f"The model folder {model} does not exist. Check the path, or pass a hub id like Wan-AI/Wan2.1-T2V-1.3B-Diffusers.")
+    return _fetch_from_hub(model), False
+
+
+def _fetch_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GenerationError(
+            f"There is no local folder {repo_id}, and the hub id {repo_id} could not be fetched from the Hugging Face "
+            f"hub ({type(e).__name__}: {reason}). If this machine is offline, download it first on one with "
+            f"internet access (`huggingface-cli download {repo_id} --local-dir DIR`), copy DIR here and pass --model DIR."
+        ) from None
+
+
+def pipeline_class_name(path: Path) -> str:
+    """The stock diffusers pipeline class a folder was saved from (our Sparse* classes map to theirs)."""
+    try:
+        name = json.loads((path / "model_index.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError) as e:
+        raise GenerationError(f"{path}/model_index.json is unreadable ({e}); the folder is not a usable diffusers pipeline.") from None
+    return name[len("Sparse"):] if name.startswith("Sparse") and name[len("Sparse"):] in PIPELINES else name
+
+
+def pipeline_spec(class_name: str) -> PipelineSpec:
+    if class_name not in PIPELINES:
+        raise GenerationError(
+            f"{class_name} is not a pipeline dit_sparse supports. Supported families: {supported_pipelines()}."
+        )
+    return PIPELINES[class_name]
+
+
+def pick_device(device: str | None) -> tuple[str, str | None]:
+    """The device to run on, and a warning when a GPU was wanted but none is there."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return device, None if device == "cuda" else "no GPU found: running on the CPU, which is slow for full-size models"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cpu", f"--device {device} asked for a GPU but none is available: falling back to the CPU (slow)"
+    return device, None
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_dtype(dtype: str | None, device: str) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise GenerationError(f"--dtype {dtype} is not one of {', '.join(DTYPES)} (or auto).")
+    return DTYPES[dtype]
+
+
+def load_pipeline(path: Path, *, dtype: torch.dtype, device: str, cpu_offload: bool = False):
+    """The stock pipeline of `path` on `device` (or with model CPU offload)."""
+    import diffusers
+
+    class_name = pipeline_class_name(path)
+    pipeline_spec(class_name)
+    cls = getattr(diffusers, class_name)
+    try:
+        pipe = cls.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise GenerationError(
+            f"Could not load {class_name} from {path}: {str(e).strip().splitlines()[0]}. Check that the folder holds "
+            "every component (weights included) that its model_index.json names."
+        ) from None
+    if cpu_offload and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(desc="denoising", leave=False)
+    return pipe
+
+
+def check_request(pipe, spec: PipelineSpec, request: GenerationRequest) -> None:
+    """Raise GenerationError for a size or frame count the pipeline would silently change."""
+    multiple = spec.spatial_multiple(pipe)
+    for name in ("height", "width"):
+        value = getattr(request, name)
+        if value is not None and (value <= 0 or value % multiple):
+            near = max(multiple, round(value / multiple) * multiple)
+            raise GenerationError(
+                f"--{name} {value} does not suit {type(pipe).__name__}: it must be a positive multiple of {multiple} "
+                f"(VAE compression x patch size); try {near}."
+            )
+    if request.num_frames is not None:
+        if not spec.video:
+            if request.num_frames != 1:
+                raise GenerationError(f"{type(pipe).__name__} makes images; drop --num-frames (or pass 1).")
+        else:
+            k = spec.temporal_factor(pipe)
+            if request.num_frames < 1 or (request.num_frames - 1) % k:
+                lo = max(1, (request.num_frames - 1) // k * k + 1)
+                raise GenerationError(
+                    f"--num-frames {request.num_frames} does not suit {type(pipe).__name__}: its VAE compresses time "
+                    f"{k}x, so it needs {k}k+1 frames (e.g. {lo} or {lo + k})."
+                )
+    if request.steps is not None and request.steps < 1:
+        raise GenerationError(f"--steps {request.steps} must be at least 1.")
+
+
+def check_output(path: Path, spec: PipelineSpec) -> None:
+    suffix = path.suffix.lower()
+    allowed = VIDEO_SUFFIXES if spec.video else IMAGE_SUFFIXES
+    if suffix not in allowed:
+        what = "video" if spec.video else "image"
+        raise GenerationError(f"--output {path}: this model makes a {what}; give a file ending in {' or '.join(allowed)}.")
+
+
+class TransformerTimer:
+    """Seconds spent inside the transformer forward(s) of a pipeline (synchronising the GPU at
+    each call's start and end, so the figure is the transformer's own time)."""
+
+    def __init__(self, pipe):
+        self.seconds = 0.0
+        self.calls = 0
+        self._start = None
+        self._handles = []
+        for name in ("transformer", "transformer_2"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                self._handles.append(module.register_forward_pre_hook(self._pre))
+                self._handles.append(module.register_forward_hook(self._post))
+
+    def _sync(self, module):
+        param = next(module.parameters(), None)
+        if param is not None and param.is_cuda:
+            torch.cuda.synchronize(param.device)
+
+    def _pre(self, module, args):
+        self._sync(module)
+        self._start = time.perf_counter()
+
+    def _post(self, module, args, output):
+        self._sync(module)
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def call_kwargs(pipe, spec: PipelineSpec, request: GenerationRequest) -> dict:
+    """The pipeline call for `request`: only the arguments it sets and the pipeline accepts."""
+    params = inspect.signature(pipe.__call__).parameters
+    kwargs = dict(prompt=request.prompt, output_type="np", generator=torch.Generator("cpu").manual_seed(request.seed))
+    optional = dict(negative_prompt=request.negative_prompt, height=request.height, width=request.width,
+                    num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                    max_sequence_length=request.max_sequence_length)
+    if spec.video:
+        optional["num_frames"] = request.num_frames
+    kwargs.update({k: v for k, v in optional.items() if v is not None and k in params})
+    return kwargs
+
+
+def generate(pipe, spec: PipelineSpec, request: GenerationRequest, handle=None) -> GenerationResult:
+    """Run one generation; `handle` (from dit_sparse.apply) is reset first and its stats kept."""
+    kwargs = call_kwargs(pipe, spec, request)
+    if handle is not None:
+        handle.reset()
+    timer = TransformerTimer(pipe)
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            output = pipe(**kwargs)
+        except torch.OutOfMemoryError:
+            raise GenerationError(
+                "The GPU ran out of memory. Try --cpu-offload (keeps only the running component on the GPU), a "
+                "smaller --height/--width or fewer --num-frames."
+            ) from None
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    finally:
+        timer.close()
+    frames = output.frames[0] if spec.video else output.images[0][None]
+    frames = np.clip(np.asarray(frames, dtype=np.float32), 0.0, 1.0)
+    steps = len(pipe.scheduler.timesteps) // max(1, getattr(pipe.scheduler, "order", 1))
+    stats = handle.stats() if handle is not None and handle.enabled else None
+    return GenerationResult(frames=frames, wall_s=wall, transformer_s=timer.seconds, steps=steps, stats=stats,
+                            extra=dict(transformer_calls=timer.calls))
+
+
+def sparsity_summary(stats: dict | None) -> str:
+    """One line: mean density, head kinds, profiles and calls."""
+    if not stats:
+        return "sparsity: off (dense attention everywhere)"
+    kinds = {"spatial": 0, "temporal": 0, "dense": 0}
+    for layer in stats["layers"].values():
+        for branch in layer.values():
+            for row in branch["kinds"]:
+                for kind in row:
+                    kinds[kind] += 1
+    total = sum(kinds.values())
+    mix = ", ".join(f"{100 * n / total:.0f}% {k}" for k, n in kinds.items()) if total else "no sparse layer ran"
+    density = stats["mean_density"]
+    density_text = f"{density:.3f}" if density is not None else "n/a"
+    return (f"sparsity: mean density {density_text} over {stats['sparse_calls']} sparse attention calls "
+            f"({stats['dense_calls']} dense); heads: {mix}; {stats['num_profiles']} profiles")

@@ -1,0 +1,72 @@
+"""How much a video changed: PSNR and SSIM per frame (torchmetrics), averaged over frames, and
+LPIPS when its network weights are on this machine (never downloaded, never made up)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"  # what torchvision's alexnet (LPIPS' backbone) loads
+
+
+def _frames(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(0, 3, 1, 2)  # (F, 3, H, W)
+
+
+def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over frames of each frame's PSNR in dB (frames in [0, 1]); inf when identical."""
+    per_frame = peak_signal_noise_ratio(_frames(frames), _frames(reference), data_range=1.0,
+                                        reduction="none", dim=(1, 2, 3))
+    return float(per_frame.mean())
+
+
+def ssim(frames: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over frames of each frame's SSIM (frames in [0, 1])."""
+    return float(structural_similarity_index_measure(_frames(frames), _frames(reference), data_range=1.0,
+                                                     reduction="none").mean())
+
+
+class LPIPS:
+    """LPIPS (AlexNet) of frames against a reference, if torchvision and the AlexNet weights are
+    present locally; otherwise `available` is False and `reason` says why."""
+
+    def __init__(self, device: str = "cpu"):
+        self.metric = None
+        self.reason = None
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            self.reason = "torchvision is not installed"
+            return
+        if not weights.exists():
+            self.reason = f"the AlexNet weights are not on this machine ({weights}); nothing is downloaded"
+            return
+        try:
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+            self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
+            self.device = device
+        except Exception as e:  # a broken local install must not stop the report
+            self.reason = f"LPIPS could not be built: {type(e).__name__}: {e}"
+
+    @property
+    def available(self) -> bool:
+        return self.metric is not None
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray, reference: np.ndarray) -> float:
+        values = []
+        for a, b in zip(_frames(frames), _frames(reference)):
+            values.append(float(self.metric(a[None].to(self.device), b[None].to(self.device))))
+            self.metric.reset()
+        return float(np.mean(values))
+
+
+def finite_or_inf(value: float) -> float | str:
+    """A JSON-safe metric value: "inf" for an infinite PSNR."""
+    return "inf" if math.isinf(value) else value
