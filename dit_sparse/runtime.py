@@ -40,6 +40,7 @@ class SparseRuntime:
         self.step = 0
         self._last_timestep: float | None = None
         self._calls_this_step = 0
+        self._names_this_step: set = set()
         self.layer_calls: dict = {}  # self-attention calls per layer, dense or sparse
         self.steps_by_branch: dict = defaultdict(lambda: {"dense": set(), "sparse": set()})
 
@@ -58,19 +59,23 @@ class SparseRuntime:
         if (step_index is not None and step_index < self.step) or (t is not None and last is not None and t > last):
             self.reset()  # timesteps only fall within a generation
             last = None
+        name = getattr(context, "name", None)
         if step_index is not None:
             new_step = step_index != self.step
             self.step = step_index
         else:
-            new_step = last is not None and t != last
+            # a named branch runs once per step, so its second call starts the next step even when
+            # the timestep did not change (adjacent bf16 timesteps can round to the same value)
+            new_step = last is not None and (t != last or (name is not None and name in self._names_this_step))
             self.step += int(new_step)
         if new_step:
             self._calls_this_step = 0
+            self._names_this_step = set()
         self._last_timestep = t
         self.num_steps = getattr(context, "num_inference_steps", None) or num_steps
-        name = getattr(context, "name", None)
         self.branch = name if name is not None else self._calls_this_step
         self._calls_this_step += 1
+        self._names_this_step.add(name)
 
     def attention(self, q, k, v, layer: int, *, layout: str = "bshd", scale=None, grid: TokenGrid | None = None):
         """Sparse attention output for one self-attention call, or None to run it dense.

@@ -107,3 +107,18 @@ def test_applying_again_with_a_config_switches_it():
     assert handle.config == runtime.config == runtime.cache.config == fixed and not runtime.cache.plans
     latents(pipe)
     assert all(len(plan.bank.candidates) == 2 for plan in runtime.cache.plans.values())  # fixed-density bank
+
+
+def test_named_branch_repeating_starts_a_new_step_even_with_equal_timesteps():
+    """Flux in bf16: adjacent timesteps can round to one value; the branch repeating still marks a step."""
+    from types import SimpleNamespace
+
+    from dit_sparse.runtime import SparseRuntime
+
+    runtime = SparseRuntime(SparseAttentionConfig())
+    cond, uncond = SimpleNamespace(name="cond"), SimpleNamespace(name="uncond")
+    seen = []
+    for t, context in [(0.5, cond), (0.5, uncond), (0.5, cond), (0.5, uncond), (0.25, cond)]:
+        runtime.begin_call(None, t, context)
+        seen.append((runtime.step, runtime.branch))
+    assert seen == [(0, "cond"), (0, "uncond"), (1, "cond"), (1, "uncond"), (2, "cond")]
