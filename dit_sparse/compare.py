@@ -48,9 +48,11 @@ def _psnr_mean(values):
 
 def compare(pipe, spec: PipelineSpec, *, prompts: list[str], seeds: list[int],
             configs: dict[str, SparseAttentionConfig], request: GenerationRequest, out_dir: Path, fps: int = 16,
-            warmup: bool = True, shown: list[str] | None = None, log=print, meta: dict | None = None) -> dict:
+            warmup: bool = True, shown: list[str] | None = None, video_suffix: str = ".mp4", log=print,
+            meta: dict | None = None) -> dict:
     """Generate dense and every named config for each prompt and seed; write the report folder
-    (side-by-side videos show dense and the configs in `shown`, default all)."""
+    (side-by-side videos, `video_suffix` .mp4 or .gif, show dense and the configs in `shown`,
+    default all)."""
     configs = {name: cfg for name, cfg in configs.items() if name != "dense"}
     presets = list(configs)
     shown = presets if shown is None else [n for n in shown if n in configs]
@@ -87,7 +89,7 @@ def compare(pipe, spec: PipelineSpec, *, prompts: list[str], seeds: list[int],
                 if name in shown:
                     videos_shown.append((name, result.frames))
             if s == 0:
-                suffix = ".mp4" if spec.video else ".png"
+                suffix = video_suffix if spec.video else ".png"
                 path = out_dir / f"side_by_side_prompt{p}{suffix}"
                 save_frames(side_by_side(videos_shown), path, fps=fps)
                 videos.append(path.name)

@@ -8,6 +8,7 @@ that says what to do.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import re
@@ -234,6 +235,9 @@ def check_output(path: Path, spec: PipelineSpec) -> None:
     if suffix not in allowed:
         what = "video" if spec.video else "image"
         raise GenerationError(f"--output {path}: this model makes a {what}; give a file ending in {' or '.join(allowed)}.")
+    if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise GenerationError(f"--output {path}: writing MP4 needs the imageio-ffmpeg package (pip install "
+                              "imageio-ffmpeg); or give a .gif file.")
 
 
 class TransformerTimer:

@@ -17,6 +17,11 @@ def save_frames(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401  (export_to_video writes MP4 through it)
+        except ImportError:
+            raise ValueError(f"{path}: writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
+                             "or write a .gif") from None
         export_to_video(list(frames), str(path), fps=fps)
     elif suffix == ".gif":
         export_to_gif([Image.fromarray(to_uint8(f)) for f in frames], str(path), fps=fps)

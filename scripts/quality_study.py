@@ -1,0 +1,174 @@
+"""Quality study on the bundled demo model: PSNR/SSIM against dense for each preset, each
+refresh cadence, each dense warm-up fraction and Sparse VideoGen-style fixed densities.
+
+Runs `dit_sparse.compare.compare` once over all variants (dense is generated once per prompt
+and seed), then writes quality_demo.json / .md and the plots PSNR-against-density and the
+balanced preset's head-kind map into --out, beside the compare folder (videos, per-run data).
+
+    python scripts/quality_study.py --out docs/results --seeds 0,1 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from dit_sparse import SparseAttentionConfig  # noqa: E402
+from dit_sparse import generation as gen  # noqa: E402
+from dit_sparse import quality  # noqa: E402
+from dit_sparse.compare import _fmt, compare  # noqa: E402
+from dit_sparse.demo import STUDY_PROMPTS  # noqa: E402
+
+TARGET_PSNR = 30.0  # balanced against dense
+TARGET_CACHE_LOSS = 0.5  # dB: refresh_every 5 against re-profiling every step
+
+
+def variants(**fixed) -> dict[str, tuple[str, SparseAttentionConfig]]:
+    """name -> (group, config). `fixed` overrides every config (e.g. a smaller block size)."""
+    balanced = SparseAttentionConfig.preset("balanced", **fixed)
+    out = {p: ("preset", SparseAttentionConfig.preset(p, **fixed)) for p in ("quality", "balanced", "fast")}
+    for r in (1, 2, 5, 0):
+        out[f"refresh_{r}"] = ("refresh_every", replace(balanced, refresh_every=r))
+    for d in (0, 0.1, 0.2):
+        out[f"dense_steps_{d}"] = ("dense_steps", replace(balanced, dense_steps=float(d)))
+    for density in (0.15, 0.25, 0.35):  # Sparse VideoGen: fixed density, re-classify at every step
+        out[f"density_{density}"] = ("fixed density", replace(balanced, density=density, refresh_every=1))
+    return out
+
+
+def psnr_value(v):
+    return math.inf if v == "inf" else v
+
+
+def plot_psnr_vs_density(rows: dict, path: Path):
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    groups = sorted({r["group"] for r in rows.values()})
+    for group in groups:
+        pts = [(r["mean_density"], psnr_value(r["psnr"]), name) for name, r in rows.items() if r["group"] == group]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=group, s=36)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.axhline(TARGET_PSNR, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("mean density (fraction of blocks computed in sparse calls)")
+    ax.set_ylabel("PSNR against dense (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("demo model: quality against density", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(result: dict) -> str:
+    m = result["meta"]
+    lines = [
+        "# Quality study on the bundled demo model", "",
+        f"Command: `{m['command']}` on {m['device']} ({m['dtype']}); {len(m['prompts'])} prompts x "
+        f"{len(m['seeds'])} seeds; {m['num_frames']} frames at {m['height']}x{m['width']}, {m['steps']} steps, "
+        f"guidance {m['guidance_scale']}. Each variant starts from the same prompt and seed as dense; PSNR and SSIM "
+        "are per frame against dense, averaged over frames, prompts and seeds. Speed-ups on this small model "
+        "(2304 tokens) say little about real sizes: see e2e_h100.md.", "",
+        "| variant | dense_steps | refresh_every | recall | density | mean density | PSNR dB | min PSNR dB | SSIM | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["variants"].items():
+        c = r["config"]
+        lines.append(
+            f"| {name} | {c['dense_steps']} | {c['refresh_every']} | {c['recall']} | {c['density'] or 'adaptive'} | "
+            f"{r['mean_density']:.3f} | {_fmt(r['psnr'])} | {_fmt(r['min_psnr'])} | {r['ssim']:.4f} | {r['speedup']:.2f}x |"
+        )
+    t = result["targets"]
+    lines += [
+        "", "## Targets", "",
+        f"- balanced preset PSNR >= {TARGET_PSNR} dB: {_fmt(t['balanced_psnr'])} dB, "
+        f"{'met' if t['balanced_met'] else 'MISSED'}",
+        f"- caching (refresh_every 5) loses at most {TARGET_CACHE_LOSS} dB against refresh_every 1: "
+        f"{_fmt(t['cache_loss_db'])} dB, {'met' if t['cache_met'] else 'MISSED'}",
+        "", "Plots: ![PSNR against density](quality_demo_psnr_vs_density.png) "
+        "![head kinds, balanced](quality_demo_head_kinds.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="pipeline folder (default: the bundled demo model)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--prompts", type=int, default=len(STUDY_PROMPTS), help="first N of the study prompts")
+    ap.add_argument("--steps", type=int, default=gen.DEMO_DEFAULTS["steps"])
+    ap.add_argument("--num-frames", type=int, default=gen.DEMO_DEFAULTS["num_frames"])
+    ap.add_argument("--height", type=int, default=gen.DEMO_DEFAULTS["height"])
+    ap.add_argument("--width", type=int, default=gen.DEMO_DEFAULTS["width"])
+    ap.add_argument("--block-size", type=int, help="override every variant's block size (small CPU runs)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    args = ap.parse_args(argv)
+
+    device, warning = gen.pick_device(args.device)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    dtype = gen.pick_dtype(args.dtype, device)
+    path, _ = gen.resolve_model(args.model)
+    spec = gen.pipeline_spec(gen.pipeline_class_name(path))
+    pipe = gen.load_pipeline(path, dtype=dtype, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    request = gen.GenerationRequest(
+        prompt="", num_frames=args.num_frames, height=args.height, width=args.width, steps=args.steps,
+        guidance_scale=gen.DEMO_DEFAULTS["guidance_scale"], max_sequence_length=gen.DEMO_DEFAULTS["max_sequence_length"],
+        negative_prompt="",
+    )
+    gen.check_request(pipe, spec, request)
+    fixed = {"block_size": args.block_size} if args.block_size else {}
+    named = variants(**fixed)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    prompts = list(STUDY_PROMPTS[: args.prompts])
+    command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    folder = args.out / "quality_demo_runs"
+    video_suffix = ".mp4" if importlib.util.find_spec("imageio_ffmpeg") else ".gif"
+    report = compare(pipe, spec, prompts=prompts, seeds=seeds, configs={n: c for n, (_, c) in named.items()},
+                     request=request, out_dir=folder, shown=["quality", "balanced", "fast"], video_suffix=video_suffix,
+                     meta=dict(model=str(path), command=command))
+
+    rows = {}
+    for name, (group, config) in named.items():
+        s = report["summary"][name]
+        runs = [psnr_value(r["psnr"]) for r in report["runs"] if r["preset"] == name]
+        rows[name] = dict(group=group, config=report["configs"][name], mean_density=s["mean_density"],
+                          psnr=s["psnr"], min_psnr=quality.finite_or_inf(min(runs)), ssim=s["ssim"], speedup=s["speedup"],
+                          transformer_speedup=s["transformer_speedup"])
+    balanced = psnr_value(rows["balanced"]["psnr"])
+    fresh, cached = psnr_value(rows["refresh_1"]["psnr"]), psnr_value(rows["refresh_5"]["psnr"])
+    loss = 0.0 if fresh == cached else fresh - cached
+    result = dict(
+        meta=dict(command=command, device=report["meta"]["device"], dtype=str(dtype).replace("torch.", ""),
+                  prompts=prompts, seeds=seeds, steps=args.steps, num_frames=args.num_frames, height=args.height,
+                  width=args.width, guidance_scale=request.guidance_scale, torch=torch.__version__),
+        variants=rows,
+        targets=dict(balanced_psnr=quality.finite_or_inf(balanced), balanced_met=balanced >= TARGET_PSNR, cache_loss_db=quality.finite_or_inf(loss),
+                     cache_met=loss <= TARGET_CACHE_LOSS),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality_demo.json").write_text(json.dumps(result, indent=1))
+    (args.out / "quality_demo.md").write_text(markdown(result))
+    plot_psnr_vs_density(rows, args.out / "quality_demo_psnr_vs_density.png")
+    kinds = folder / "head_kinds_balanced.png"
+    if kinds.exists():
+        shutil.copy(kinds, args.out / "quality_demo_head_kinds.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
