@@ -1,0 +1,358 @@
+"""Train the bundled demo text-to-video model: a small Wan pipeline, on procedural clips.
+
+Stages (each stops at its --minutes budget or --steps cap, then saves the whole pipeline to --out
+in fp16, loadable with `WanPipeline.from_pretrained`):
+- vae: AutoencoderKLWan learns to reconstruct short clips (L1 on pixels and on their spatial
+  gradients, a small KL term); then per-channel latent mean/std of full-length clips go into the
+  VAE config, where WanPipeline reads them to de-normalise latents before decoding.
+- transformer: the VAE is frozen; clips are rendered and encoded on the GPU, normalised, and the
+  transformer and the text encoder (lower learning rate) learn Wan's rectified flow: x_t =
+  (1 - s) x0 + s noise, target noise - x0, timestep 1000 s, s logit-normal then shifted like the
+  scheduler's sigmas. Captions are dropped 10% of the time so classifier-free guidance works.
+  Encoding costs more than a training step, so each step encodes a few fresh clips into a pool
+  of latents and fills the rest of its batch from the pool (--fresh, --pool).
+- all: vae, then transformer, in one process.
+
+    python scripts/train_demo_model.py --stage vae --minutes 8 --out runs/vae
+    python scripts/train_demo_model.py --stage transformer --minutes 8 --init runs/vae --out runs/demo
+    python scripts/train_demo_model.py --stage transformer --minutes 8 --init runs/demo --out runs/demo2
+    python scripts/train_demo_model.py --size tiny --stage all --steps 2 --num-frames 9 --resolution 64 --out /tmp/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+from diffusers import WanPipeline
+from diffusers.utils import logging as diffusers_logging
+
+from dit_sparse.demo import build_pipeline, caption, render_clips, sample_specs
+from dit_sparse.demo.components import save_pipeline
+
+TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
+    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64},
+    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4},
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=("vae", "transformer", "all"), required=True)
+    p.add_argument("--out", required=True, help="pipeline folder to write (save_pretrained)")
+    p.add_argument("--init", help="start from this saved pipeline folder instead of random weights")
+    p.add_argument("--size", choices=("demo", "tiny"), default="demo",
+                   help="architecture when there is no --init, and the default batch sizes")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time budget per stage")
+    p.add_argument("--steps", type=int, help="cap on optimizer steps per stage (smoke tests)")
+    p.add_argument("--batch-size", type=int, help="clips per step (demo default: 16 vae, 32 transformer)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--text-lr", type=float, default=1e-4, help="peak learning rate of the text encoder")
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps; then cosine to 10%% over the budget")
+    p.add_argument("--num-frames", type=int, default=33)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--vae-frames", type=int, default=9, help="frames per VAE training clip")
+    p.add_argument("--vae-crop", type=int, default=128, help="square crop of VAE training clips")
+    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--stats-clips", type=int, help="full-length clips for the latent mean/std (demo default 64)")
+    p.add_argument("--fresh", type=int, help="clips rendered and encoded per transformer step (default batch/4)")
+    p.add_argument("--pool", type=int, help="latents kept for reuse (default 16 x batch; 0: every clip fresh)")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--max-sequence-length", type=int, default=32)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the transformer weights (0: off)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--save-dtype", choices=("fp16", "bf16"), default="fp16")
+    args = p.parse_args(argv)
+    defaults = TRAIN_DEFAULTS[args.size]
+    args.stats_clips = args.stats_clips or defaults["stats_clips"]
+    args.vae_batch = args.batch_size or defaults["vae_batch"]
+    args.transformer_batch = args.batch_size or defaults["transformer_batch"]
+    return args
+
+
+class Budget:
+    """Stops a stage at its time budget or step cap and gives the cosine schedule its progress."""
+
+    def __init__(self, minutes: float, steps: int | None, warmup: int):
+        self.seconds, self.steps, self.warmup = minutes * 60, steps, warmup
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def progress(self, step: int) -> float:
+        by_time = self.elapsed() / self.seconds
+        return min(1.0, max(by_time, step / self.steps) if self.steps else by_time)
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0 or (self.steps is not None and step >= self.steps)
+
+    def lr_scale(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / max(self.warmup, 1))
+        return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * self.progress(step))))
+
+
+class ClipSource:
+    """Random captioned clips rendered on the training device, from a seeded CPU generator."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = device
+
+    def batch(self, n: int, num_frames: int, resolution: int):
+        specs = sample_specs(n, self.generator)
+        clips = render_clips(specs, num_frames, resolution, resolution, device=self.device)
+        return clips, [caption(s) for s in specs]
+
+
+class EMA:
+    """Exponential moving average of a module's parameters, with the usual short-run warm-up."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int):
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def copy_to_module(self):
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
+
+def autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def log(stage, step, budget, loss, samples, extra=""):
+    elapsed = budget.elapsed()
+    print(
+        f"[{stage}] step {step} loss {loss:.4f} {step / elapsed:.2f} steps/s {samples / elapsed:.1f} clips/s "
+        f"{elapsed / 60:.1f} min {extra}",
+        flush=True,
+    )
+
+
+def set_lr(optimizer, scale):
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * scale
+
+
+def train_vae(pipe: WanPipeline, args, device: torch.device):
+    batch_size = args.vae_batch
+    vae = pipe.vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW([{"params": vae.parameters(), "peak_lr": args.lr}], betas=(0.9, 0.99), weight_decay=1e-4)
+    source = ClipSource(args.seed, device)
+    crop = min(args.vae_crop, args.resolution)
+    frames = min(args.vae_frames, args.num_frames)
+    rng = random.Random(args.seed)
+    budget = Budget(args.minutes, args.steps, args.warmup)
+    step, running = 0, None
+    while not budget.done(step):
+        with torch.no_grad():
+            clips, _ = source.batch(batch_size, frames, args.resolution)
+            top, left = rng.randrange(args.resolution - crop + 1), rng.randrange(args.resolution - crop + 1)
+            clips = clips[..., top : top + crop, left : left + crop]
+        set_lr(optimizer, budget.lr_scale(step))
+        with autocast(device):
+            posterior = vae.encode(clips).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+        recon = recon.float()
+        loss_l1 = (recon - clips).abs().mean()
+        loss_grad = sum(
+            (recon.diff(dim=d) - clips.diff(dim=d)).abs().mean() for d in (-1, -2)
+        )
+        kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).mean()
+        loss = loss_l1 + loss_grad + args.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % args.log_every == 0 or budget.done(step):
+            psnr = -10 * math.log10(F.mse_loss(recon.detach(), clips).item() / 4 + 1e-12)
+            log("vae", step, budget, running, step * batch_size, f"psnr {psnr:.1f} dB kl {kl.item():.2f}")
+    vae.eval().requires_grad_(False)
+    store_latent_stats(vae, args, device)
+
+
+@torch.no_grad()
+def encode(vae, clips, device):
+    with autocast(device):
+        return vae.encode(clips).latent_dist.mode().float()
+
+
+@torch.no_grad()
+def store_latent_stats(vae, args, device: torch.device):
+    """Per-channel mean/std of full-length clip latents, into the VAE config (WanPipeline reads them)."""
+    source = ClipSource(args.seed + 1, device)
+    chunk = min(8, args.stats_clips)
+    latents = []
+    for _ in range(math.ceil(args.stats_clips / chunk)):
+        clips = source.batch(chunk, args.num_frames, args.resolution)[0]
+        latents.append(encode(vae, clips, device))
+    with autocast(device):
+        recon = vae.decode(latents[-1]).sample.float()
+    psnr = -10 * math.log10(F.mse_loss(recon, clips).item() / 4 + 1e-12)
+    print(f"[vae] reconstruction of {args.num_frames}-frame clips: psnr {psnr:.1f} dB", flush=True)
+    latents = torch.cat(latents).transpose(0, 1).flatten(1).double()
+    mean, std = latents.mean(1), latents.std(1)
+    vae.register_to_config(latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()])
+    print(f"[vae] latent mean {[round(v, 2) for v in mean.tolist()]}", flush=True)
+    print(f"[vae] latent std  {[round(v, 2) for v in std.tolist()]}", flush=True)
+
+
+class LatentPool:
+    """Normalised latents and captions of recent clips, reused to fill most of each batch.
+
+    It starts empty and grows by the fresh clips of every step up to `size`, then replaces its
+    oldest entries, so no time goes into filling it up front.
+    """
+
+    def __init__(self, vae, source: ClipSource, args, device: torch.device, size: int):
+        self.vae, self.source, self.args, self.device = vae, source, args, device
+        z_dim = vae.config.z_dim
+        self.mean = torch.tensor(vae.config.latents_mean, device=device).view(1, z_dim, 1, 1, 1)
+        self.std = torch.tensor(vae.config.latents_std, device=device).view(1, z_dim, 1, 1, 1)
+        self.size, self.cursor = size, 0
+        self.latents, self.captions = [], []
+        self.picker = torch.Generator().manual_seed(args.seed + 2)
+
+    def fresh(self, n: int):
+        clips, captions = self.source.batch(n, self.args.num_frames, self.args.resolution)
+        return (encode(self.vae, clips, self.device) - self.mean) / self.std, captions
+
+    def batch(self, batch_size: int, num_fresh: int):
+        latents, captions = self.fresh(num_fresh)
+        if not self.size:
+            return latents, captions
+        for latent, text in zip(latents.to(torch.bfloat16), captions):
+            if len(self.latents) < self.size:
+                self.latents.append(latent)
+                self.captions.append(text)
+            else:
+                self.latents[self.cursor], self.captions[self.cursor] = latent, text
+                self.cursor = (self.cursor + 1) % self.size
+        picks = torch.randint(len(self.latents), (batch_size - num_fresh,), generator=self.picker).tolist()
+        reused = torch.stack([self.latents[i] for i in picks]).float() if picks else latents[:0]
+        return torch.cat([latents, reused]), captions + [self.captions[i] for i in picks]
+
+
+def flow_inputs(latents, shift: float, generator: torch.Generator):
+    """Noisy latents, timesteps and velocity targets of Wan's rectified flow."""
+    b = latents.shape[0]
+    u = torch.sigmoid(torch.randn(b, generator=generator, device=latents.device))
+    sigma = shift * u / (1 + (shift - 1) * u)
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    s = sigma.view(b, 1, 1, 1, 1)
+    return (1 - s) * latents + s * noise, sigma * 1000, noise - latents
+
+
+def train_transformer(pipe: WanPipeline, args, device: torch.device):
+    batch_size = args.transformer_batch
+    pool_size = 16 * batch_size if args.pool is None else args.pool
+    num_fresh = min(batch_size, args.fresh or max(1, batch_size // 4)) if pool_size else batch_size
+    if pool_size and pool_size < batch_size:
+        raise SystemExit(f"--pool {pool_size} must be 0 or at least the batch size {batch_size}")
+    if pipe.vae.config.latents_std == [1.0] * pipe.vae.config.z_dim:
+        print("[transformer] warning: the VAE has no latent statistics (train stage vae first, or pass --init)")
+    vae = pipe.vae.eval().requires_grad_(False)
+    transformer = pipe.transformer.train().requires_grad_(True)
+    text_encoder = pipe.text_encoder.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(
+        [{"params": transformer.parameters(), "peak_lr": args.lr}, {"params": text_encoder.parameters(), "peak_lr": args.text_lr}],
+        betas=(0.9, 0.99), weight_decay=0.01,
+    )
+    ema = EMA(transformer, args.ema) if args.ema else None
+    shift = pipe.scheduler.config.flow_shift
+    noise_gen = torch.Generator(device).manual_seed(args.seed + 3)
+    drop_gen = random.Random(args.seed + 4)
+    pool = LatentPool(vae, ClipSource(args.seed + 5, device), args, device, pool_size)
+    print(f"[transformer] {num_fresh} fresh clips per step of {batch_size}, pool of {pool_size}", flush=True)
+    budget = Budget(args.minutes, args.steps, args.warmup)
+    step, running, data_seconds = 0, None, 0.0
+    while not budget.done(step):
+        data_start = time.perf_counter()
+        latents, captions = pool.batch(batch_size, num_fresh)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        data_seconds += time.perf_counter() - data_start
+        captions = ["" if drop_gen.random() < args.caption_dropout else c for c in captions]
+        noisy, timestep, target = flow_inputs(latents, shift, noise_gen)
+        set_lr(optimizer, budget.lr_scale(step))
+        with autocast(device):
+            embeds = pipe._get_t5_prompt_embeds(  # the pipeline's own text path: eos appended, zeros past each prompt
+                prompt=captions, max_sequence_length=args.max_sequence_length, device=device, dtype=torch.float32
+            )
+            pred = transformer(hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*transformer.parameters(), *text_encoder.parameters()], 1.0)
+        optimizer.step()
+        if ema:
+            ema.update(step)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % args.log_every == 0 or budget.done(step):
+            extra = f"lr {optimizer.param_groups[0]['lr']:.2e} data {100 * data_seconds / budget.elapsed():.0f}% of the time"
+            log("transformer", step, budget, running, step * batch_size, extra)
+    if ema:
+        ema.copy_to_module()
+    transformer.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+
+
+def save(pipe, args):
+    dtype = torch.float16 if args.save_dtype == "fp16" else torch.bfloat16
+    size = save_pipeline(pipe, args.out, dtype)
+    parts = {
+        name: sum(f.stat().st_size for f in (Path(args.out) / name).rglob("*") if f.is_file())
+        for name in ("transformer", "vae", "text_encoder", "tokenizer")
+    }
+    listed = ", ".join(f"{name} {b / 2**20:.1f}" for name, b in parts.items())
+    print(f"saved {args.out}: {size / 2**20:.1f} MiB ({listed} MiB)", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    diffusers_logging.set_verbosity_error()
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    if args.init:
+        pipe = WanPipeline.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        pipe = build_pipeline(args.size, seed=args.seed)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("transformer", "vae", "text_encoder"):
+        count = sum(p.numel() for p in getattr(pipe, name).parameters())
+        print(f"{name}: {count / 1e6:.2f} M parameters", flush=True)
+    if args.stage in ("vae", "all"):
+        train_vae(pipe, args, device)
+        save(pipe, args)
+    if args.stage in ("transformer", "all"):
+        train_transformer(pipe, args, device)
+        save(pipe, args)
+
+
+if __name__ == "__main__":
+    main()
