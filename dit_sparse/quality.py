@@ -69,4 +69,4 @@ class LPIPS:
 
 def finite_or_inf(value: float) -> float | str:
     """A JSON-safe metric value: "inf" for an infinite PSNR."""
-    return "inf" if math.isinf(value) else value
+    return "inf" if math.isinf(value) else float(value)

@@ -42,7 +42,7 @@ def test_generate_writes_playable_mp4_and_sidecar(model_dir, tmp_path, capsys):
     frames = read_mp4(out)
     assert frames.shape[0] == 9 and frames.shape[1:3] == (64, 64)
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["preset"] == "balanced" and meta["config"]["refresh_every"] == 5
+    assert meta["preset"] == "balanced" and meta["config"]["refresh_every"] == 2
     assert meta["steps"] == 2 and meta["wall_s"] > 0 and meta["transformer_s"] > 0
     assert meta["stats"]["sparse_calls"] > 0  # balanced at 2 steps: no dense warm-up step, so it ran sparse
     assert "wall time" in stdout and "sparsity: mean density" in stdout
