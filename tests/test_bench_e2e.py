@@ -46,7 +46,7 @@ def test_profile_steps_and_composition():
                                                       total_sparse_s=5 * 3.0 + 45 * 2.0)
     wan = bench.sparse_configs(bench.SPECS["wan1.3b-480"], num_layers=30)
     assert (wan["svg"].dense_steps, wan["svg"].dense_layers, wan["svg"].density) == (10, 1, 0.3)
-    assert (wan["balanced"].dense_steps, wan["balanced"].refresh_every, wan["balanced"].density) == (10, 5, 0.3)
+    assert (wan["balanced"].dense_steps, wan["balanced"].refresh_every, wan["balanced"].density) == (10, 2, 0.3)
     assert (wan["fast"].dense_steps, wan["fast"].dense_layers) == (5, 1)
 
 
