@@ -39,6 +39,19 @@ class SparseProcessor:
         self.layer = layer
 
 
+def project_heads(attn, hidden_states, projections, norms):
+    """(B, S, H, D) query, key and value of `hidden_states` through three linear layers, with the
+    optional per-head norms of query and key (as the stock joint-attention processors do, once
+    with to_q/k/v and norm_q/k, once with add_q/k/v_proj and norm_added_q/k)."""
+    query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1)) for proj in projections)
+    norm_q, norm_k = norms
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value
+
+
 def latent_grid(shape, patch_size) -> tuple[int, int, int]:
     """(frames, height, width) in tokens of a (B, C, F, H, W) or (B, C, H, W) latent."""
     if len(shape) == 5:

@@ -16,7 +16,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, SparseProcessor, latent_grid
+from .base import ModelFamily, SparseProcessor, latent_grid, project_heads
 
 
 def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
@@ -24,13 +24,7 @@ def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
     if attn.add_q_proj is None:
         hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
     text = encoder_hidden_states.shape[1]
-    query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-    key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-    value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
+    query, key, value = project_heads(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
     if image_rotary_emb is not None:
         if attn.add_q_proj is None:
             query = torch.cat([apply_rotary_emb(query[:, :-text], image_rotary_emb, sequence_dim=1), query[:, -text:]], dim=1)
@@ -39,13 +33,10 @@ def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
     if attn.add_q_proj is not None:
-        encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_added_q is not None:
-            encoder_query = attn.norm_added_q(encoder_query)
-        if attn.norm_added_k is not None:
-            encoder_key = attn.norm_added_k(encoder_key)
+        encoder_query, encoder_key, encoder_value = project_heads(
+            attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+            (attn.norm_added_q, attn.norm_added_k),
+        )
         query = torch.cat([query, encoder_query], dim=1)
         key = torch.cat([key, encoder_key], dim=1)
         value = torch.cat([value, encoder_value], dim=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, SparseProcessor, latent_grid
+from .base import ModelFamily, SparseProcessor, latent_grid, project_heads
 
 
 class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
@@ -19,26 +19,13 @@ class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         residual = hidden_states
         batch_size = hidden_states.shape[0]
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = project_heads(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
+        head_dim = key.shape[-1]
         if encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            encoder_key = attn.add_k_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            encoder_value = attn.add_v_proj(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-            query = torch.cat([query, encoder_query], dim=2)
-            key = torch.cat([key, encoder_key], dim=2)
-            value = torch.cat([value, encoder_value], dim=2)
+            encoder_qkv = project_heads(attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+                                        (attn.norm_added_q, attn.norm_added_k))
+            query, key, value = (torch.cat([t, e], dim=1) for t, e in zip((query, key, value), encoder_qkv))
+        query, key, value = (t.transpose(1, 2) for t in (query, key, value))
 
         grid = self.runtime.grid
         if grid is not None and encoder_hidden_states is None:  # attn2: the image tokens alone
