@@ -4,7 +4,6 @@ available), side-by-side videos and plots, written as report.json / report.md in
 from __future__ import annotations
 
 import json
-import math
 import platform
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -43,7 +42,7 @@ def _mean(values):
 
 
 def _psnr_mean(values):
-    return "inf" if any(math.isinf(v) for v in values) else float(np.mean(values))
+    return quality.finite_or_inf(float(np.mean(values)))
 
 
 def compare(pipe, spec: PipelineSpec, *, prompts: list[str], seeds: list[int],
@@ -132,7 +131,7 @@ def _summarise(runs: list[dict], presets: list[str]) -> dict:
             runs=len(rows), wall_s=wall, transformer_s_per_step=step,
             speedup=dense_wall / wall, transformer_speedup=dense_step / step if step else None,
             mean_density=_mean(r["mean_density"] for r in rows),
-            psnr=_psnr_mean([math.inf if r["psnr"] == "inf" else r["psnr"] for r in rows]),
+            psnr=_psnr_mean([quality.from_json(r["psnr"]) for r in rows]),
             ssim=_mean(r["ssim"] for r in rows), lpips=_mean(r["lpips"] for r in rows),
         )
     return summary

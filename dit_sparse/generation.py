@@ -8,7 +8,6 @@ that says what to do.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .media import writer_missing
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
 # How the bundled demo model was trained: its native clip size, and 32 text tokens (longer
@@ -235,9 +236,8 @@ def check_output(path: Path, spec: PipelineSpec) -> None:
     if suffix not in allowed:
         what = "video" if spec.video else "image"
         raise GenerationError(f"--output {path}: this model makes a {what}; give a file ending in {' or '.join(allowed)}.")
-    if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
-        raise GenerationError(f"--output {path}: writing MP4 needs the imageio-ffmpeg package (pip install "
-                              "imageio-ffmpeg); or give a .gif file.")
+    if (problem := writer_missing(path)) is not None:
+        raise GenerationError(f"--output {problem}.")
 
 
 class TransformerTimer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,9 @@ def save_frames(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
+    if (problem := writer_missing(path)) is not None:
+        raise ValueError(problem)
     if suffix == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401  (export_to_video writes MP4 through it)
-        except ImportError:
-            raise ValueError(f"{path}: writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
-                             "or write a .gif") from None
         export_to_video(list(frames), str(path), fps=fps)
     elif suffix == ".gif":
         export_to_gif([Image.fromarray(to_uint8(f)) for f in frames], str(path), fps=fps)
@@ -32,6 +30,13 @@ def save_frames(frames: np.ndarray, path: Path, fps: int = 16) -> Path:
     else:
         raise ValueError(f"{path}: unknown output type {suffix!r}; use .mp4, .gif or .png")
     return path
+
+
+def writer_missing(path: Path) -> str | None:
+    """Why `path` cannot be written here (MP4 goes through imageio-ffmpeg), or None."""
+    if Path(path).suffix.lower() == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        return f"{path}: writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); or write a .gif"
+    return None
 
 
 def to_uint8(frame: np.ndarray) -> np.ndarray:

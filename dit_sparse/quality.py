@@ -70,3 +70,8 @@ class LPIPS:
 def finite_or_inf(value: float) -> float | str:
     """A JSON-safe metric value: "inf" for an infinite PSNR."""
     return "inf" if math.isinf(value) else float(value)
+
+
+def from_json(value: float | str) -> float:
+    """The metric value that `finite_or_inf` stored."""
+    return math.inf if value == "inf" else value

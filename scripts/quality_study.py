@@ -11,9 +11,7 @@ balanced preset's head-kind map into --out, beside the compare folder (videos, p
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
 import shutil
 import sys
 from dataclasses import replace
@@ -30,6 +28,7 @@ from dit_sparse import generation as gen  # noqa: E402
 from dit_sparse import quality  # noqa: E402
 from dit_sparse.compare import _fmt, compare  # noqa: E402
 from dit_sparse.demo import STUDY_PROMPTS  # noqa: E402
+from dit_sparse.media import writer_missing  # noqa: E402
 
 TARGET_PSNR = 30.0  # balanced against dense
 TARGET_CACHE_LOSS = 0.5  # dB: refresh_every 5 against re-profiling every step
@@ -49,15 +48,11 @@ def variants(**fixed) -> dict[str, tuple[str, SparseAttentionConfig]]:
     return out
 
 
-def psnr_value(v):
-    return math.inf if v == "inf" else v
-
-
 def plot_psnr_vs_density(rows: dict, path: Path):
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups = sorted({r["group"] for r in rows.values()})
     for group in groups:
-        pts = [(r["mean_density"], psnr_value(r["psnr"]), name) for name, r in rows.items() if r["group"] == group]
+        pts = [(r["mean_density"], quality.from_json(r["psnr"]), name) for name, r in rows.items() if r["group"] == group]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=group, s=36)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -138,7 +133,7 @@ def main(argv=None):
     prompts = list(STUDY_PROMPTS[: args.prompts])
     command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     folder = args.out / "quality_demo_runs"
-    video_suffix = ".mp4" if importlib.util.find_spec("imageio_ffmpeg") else ".gif"
+    video_suffix = ".gif" if writer_missing(Path("side_by_side.mp4")) else ".mp4"
     report = compare(pipe, spec, prompts=prompts, seeds=seeds, configs={n: c for n, (_, c) in named.items()},
                      request=request, out_dir=folder, shown=["quality", "balanced", "fast"], video_suffix=video_suffix,
                      meta=dict(model=str(path), command=command))
@@ -146,12 +141,12 @@ def main(argv=None):
     rows = {}
     for name, (group, config) in named.items():
         s = report["summary"][name]
-        runs = [psnr_value(r["psnr"]) for r in report["runs"] if r["preset"] == name]
+        runs = [quality.from_json(r["psnr"]) for r in report["runs"] if r["preset"] == name]
         rows[name] = dict(group=group, config=report["configs"][name], mean_density=s["mean_density"],
                           psnr=s["psnr"], min_psnr=quality.finite_or_inf(min(runs)), ssim=s["ssim"], speedup=s["speedup"],
                           transformer_speedup=s["transformer_speedup"])
-    balanced = psnr_value(rows["balanced"]["psnr"])
-    fresh, cached = psnr_value(rows["refresh_1"]["psnr"]), psnr_value(rows["refresh_5"]["psnr"])
+    balanced = quality.from_json(rows["balanced"]["psnr"])
+    fresh, cached = quality.from_json(rows["refresh_1"]["psnr"]), quality.from_json(rows["refresh_5"]["psnr"])
     loss = 0.0 if fresh == cached else fresh - cached
     result = dict(
         meta=dict(command=command, device=report["meta"]["device"], dtype=str(dtype).replace("torch.", ""),

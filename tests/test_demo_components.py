@@ -64,7 +64,7 @@ def test_tiny_pipeline_runs_from_a_prompt_and_round_trips(tmp_path):
     loaded = WanPipeline.from_pretrained(tmp_path / "fp32", dtype=torch.float32)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.scheduler).__name__ == "UniPCMultistepScheduler" and loaded.scheduler.config.flow_shift == 3.0
-    np.testing.assert_array_equal(run(loaded), video)
+    np.testing.assert_allclose(run(loaded), video, rtol=0, atol=1e-5)  # bit-exact on some CPUs, not all
     save_pipeline(pipe, tmp_path / "fp16")  # default: fp16 weights; `pipe` itself stays float32
     assert pipe.transformer.dtype == torch.float32
     half = WanPipeline.from_pretrained(tmp_path / "fp16", dtype=torch.float32)
@@ -73,7 +73,7 @@ def test_tiny_pipeline_runs_from_a_prompt_and_round_trips(tmp_path):
         for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
             for param in module.parameters():
                 param.copy_(param.half().float())
-    np.testing.assert_array_equal(run(half), run(pipe))
+    np.testing.assert_allclose(run(half), run(pipe), rtol=0, atol=1e-5)
 
 
 def test_demo_size_fits_the_bundle_limits(tmp_path):
