@@ -5,8 +5,8 @@ exact attention mass each key block receives (in native and in position-major or
 kernel launch), and for every (batch item, head) picks the cheapest candidate of the grid's
 `PatternBank` whose recall (mass kept, averaged over the sampled rows) reaches
 `config.recall`; heads no band satisfies stay dense. In fixed-density mode every head gets the
-kind with the higher recall at the configured density. Profiling reads its choice back to
-the host once; calls under a cached plan never wait for the GPU.
+kind with the higher recall at the configured density. Neither profiling nor a call under a
+cached plan waits for the GPU.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from .pattern_bank import PatternBank
 class HeadPlan:
     """The pattern of every (batch item, head) of one attention call, and how to run it.
 
-    patterns: (B, H) int32 index into the bank's candidates, on the device.
-    kinds: per batch item, per head, "spatial", "temporal" or "dense".
-    density: (B, H) float tensor (CPU) of the fraction of blocks each head computes.
+    patterns: (B, H) int32 index into the bank's candidates, on the device. Neither making a
+    plan nor attending under it reads the device: temporal heads are flagged by a device mask
+    the kernel reads, so profiling adds no host synchronisation to a step. `kinds`, `density`
+    and `mean_density` (for statistics) read the patterns back on first use.
     """
 
     def __init__(self, bank: PatternBank, patterns: torch.Tensor, shape, backend: str):
@@ -35,17 +36,29 @@ class HeadPlan:
         self.shape = tuple(shape)  # (B, H, S)
         self.backend = backend
         self.patterns = patterns.to(torch.int32)
-        # The one host read of profiling: which heads need reordering, and whether any is
-        # sparse, decide what `attend` launches. Calls under this plan never sync again.
-        chosen = self.patterns.cpu().tolist()
-        self.kinds = [[bank.candidates[c].kind for c in row] for row in chosen]
-        self.density = torch.tensor([[bank.candidates[c].density for c in row] for row in chosen])
-        self.mean_density = float(self.density.mean())
-        self.all_dense = all(kind == "dense" for row in self.kinds for kind in row)
-        has_temporal = any(kind == "temporal" for row in self.kinds for kind in row)
-        self.reordered = bank.temporal[self.patterns.long()] if has_temporal else None
+        self.reordered = bank.temporal[self.patterns.long()]  # (B, H) bool: heads attended position-major
         self.step = None  # set by PlanCache: the denoising step it was profiled at
         self.calls = 0  # sparse calls served, counted by PlanCache
+        self._chosen: list[list[int]] | None = None
+
+    def _host_patterns(self) -> list[list[int]]:
+        if self._chosen is None:
+            self._chosen = self.patterns.cpu().tolist()
+        return self._chosen
+
+    @property
+    def kinds(self) -> list[list[str]]:
+        """Per batch item, per head: "spatial", "temporal" or "dense"."""
+        return [[self.bank.candidates[c].kind for c in row] for row in self._host_patterns()]
+
+    @property
+    def density(self) -> torch.Tensor:
+        """(B, H) float tensor (CPU) of the fraction of blocks each head computes."""
+        return torch.tensor([[self.bank.candidates[c].density for c in row] for row in self._host_patterns()])
+
+    @property
+    def mean_density(self) -> float:
+        return float(self.density.mean())
 
     def fits(self, q: torch.Tensor, grid: TokenGrid) -> bool:
         """Whether this plan may serve an attention call with these queries and grid."""
@@ -56,13 +69,18 @@ class HeadPlan:
         synchronisation: everything it reads is already on the device."""
         if tuple(q.shape[:3]) != self.shape:
             raise ValueError(f"this plan was made for (B, H, S) = {self.shape}, got q of shape {tuple(q.shape)}")
-        if self.all_dense:
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        order, reordered = self.grid.order, self.reordered
+        if not self.patterns.is_cuda:  # off the GPU reading the plan is free: skip what no head needs
+            kinds = {kind for row in self.kinds for kind in row}
+            if kinds == {"dense"}:
+                return F.scaled_dot_product_attention(q, k, v, scale=scale)
+            if "temporal" not in kinds:
+                order = reordered = None
         bank = self.bank
         return block_sparse_attention(
             q, k, v, bank.kv_indices, bank.kv_counts, head_pattern=self.patterns,
             block_size=bank.block_size, scale=scale, backend=self.backend,
-            order=self.grid.order if self.reordered is not None else None, reordered_heads=self.reordered,
+            order=order, reordered_heads=reordered,
         )
 
 

@@ -6,8 +6,9 @@ stride-0 B/H dims), so a few shared templates serve all heads without copies.
 
 With `order=` (a `TokenOrder`), the heads named by `reordered_heads` are attended in
 position-major token order: their block lists index blocks of the reordered sequence. Outputs
-are written through the index map (no copy back); on the TMA path q, k and v get one reordering
-pass so their tiles stay contiguous, on the pointer path they are gathered in place.
+are written through the index map (no copy back); on the TMA path the chosen heads of q, k and
+v get one reordering pass so their tiles stay contiguous (the others are read in place), on the
+pointer path they are gathered in place.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .reorder import TokenOrder, _head_mask, native_rows, reorder_tokens, reorder_tokens_reference
+from .reorder import TokenOrder, _head_mask, native_rows, reorder_flagged_heads, reorder_tokens_reference
 from .utils import check_backend, use_triton
 
 LOG2E = 1.4426950408889634
@@ -106,18 +107,35 @@ def _finish(acc, m_i, l_i):
 
 
 @triton.jit
+def _attend_query_tile(q_desc, k_desc, v_desc, b, h, pid_m, idx_row, count, sin_, S, NB, qk_scale,
+                       BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_SIZE: tl.constexpr, TAIL_BRANCH: tl.constexpr):
+    """Output and lse of one query tile over its listed key blocks, every tile moved by TMA."""
+    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
+    m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    for j in range(0, count * SUB):
+        start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
+        k = k_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, is_tail, TAIL_BRANCH)
+    return _finish(acc, m_i, l_i)
+
+
+@triton.jit
 def _bsa_fwd_tma_kernel(
-    O, q_desc, k_desc, v_desc, o_desc, LSE, IDX, CNT, RH, TMPL,
+    O, q_desc, k_desc, v_desc, qr_desc, kr_desc, vr_desc, o_desc, LSE, IDX, CNT, RH, TMPL,
     sob, soh, sos, sib, sih, sim, sin_, scb, sch, scm, srb, srh, stb, sth, sit, sct, NT,
     H, S, NB, qk_scale,
     VSTART, FRAMES, POSITIONS,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr, TAIL_BRANCH: tl.constexpr,
 ):
-    """Tiles move by TMA (D == BLOCK_D, 16-byte aligned strides). With REORDER, q, k and v
-    arrive already reordered and the outputs of flagged heads are written through the
-    position-major index map (a plain store once per tile, so no copy back is needed)."""
-    SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    """Tiles move by TMA (D == BLOCK_D, 16-byte aligned strides). With REORDER, heads flagged
+    in RH read position-major copies of q, k and v (qr/kr/vr, written for those heads only)
+    and write their output through the position-major index map (a plain store per tile, so
+    no copy back); the other heads read q, k and v in place."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -127,26 +145,23 @@ def _bsa_fwd_tma_kernel(
     qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
     idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
-    m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    for j in range(0, count * SUB):
-        start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
-        k = k_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = v_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
-        m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, is_tail, TAIL_BRANCH)
-    out, lse = _finish(acc, m_i, l_i)
+    flag = 0
+    qd, kd, vd = q_desc, k_desc, v_desc
     if REORDER:
         flag = tl.load(RH + b64 * srb + h64 * srh)
+        if flag != 0:  # choose the tensors, not the code path: one pipelined loop serves both
+            qd, kd, vd = qr_desc, kr_desc, vr_desc
+    out, lse = _attend_query_tile(qd, kd, vd, b, h, pid_m, idx_row, count, sin_, S, NB, qk_scale,
+                                  BLOCK_D, BLOCK_M, BLOCK_N, BLOCK_SIZE, TAIL_BRANCH)
+    if flag != 0:
         out_rows = native_rows(rows, flag, VSTART, FRAMES, POSITIONS).to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
         tl.store(O + b64 * sob + h64 * soh + out_rows[:, None] * sos + offs_d[None, :], out.to(O.dtype.element_ty), mask=(rows < S)[:, None])
-        lse_rows = out_rows
     else:
         o_desc.store([b, h, pid_m * BLOCK_M, 0], out.to(o_desc.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
-        lse_rows = rows
+        out_rows = rows.to(tl.int64)
     if RETURN_LSE:
-        tl.store(LSE + pid_bh.to(tl.int64) * S + lse_rows, lse, mask=rows < S)
+        tl.store(LSE + pid_bh.to(tl.int64) * S + out_rows, lse, mask=rows < S)
 
 
 @triton.jit
@@ -409,14 +424,19 @@ def block_sparse_attention(
     rh = heads if heads is not None else tables.tmpl
     o = order or TokenOrder(1, 1)
     if cfg.tma and tma and D == block_d:
-        if heads is not None:  # one pass over q, k, v buys contiguous TMA tiles in the hot loop
-            q, k, v = (reorder_tokens(t, order, heads) for t in (q, k, v))
+        # one pass over the flagged heads of q, k, v buys them contiguous TMA tiles in the hot loop
+        native = (q, k, v)
+        reordered = tuple(reorder_flagged_heads(t, order, heads) for t in native) if heads is not None else native
         descs = [
-            TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if t is q or t is out else cfg.block_n, D])
-            for t in (q, k, v, out)
+            TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if i == 0 or i == 3 else cfg.block_n, D])
+            for i, t in enumerate((*native, out))
+        ]
+        rdescs = [
+            TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if i == 0 else cfg.block_n, D])
+            for i, t in enumerate(reordered)
         ]
         _bsa_fwd_tma_kernel[grid](
-            out, *descs, lse, tables.idx, tables.cnt, rh, tables.tmpl,
+            out, *descs[:3], *rdescs, descs[3], lse, tables.idx, tables.cnt, rh, tables.tmpl,
             *out.stride()[:3], *table_strides, rh.stride(0), rh.stride(1), *template_strides,
             H, S, triton.cdiv(S, block_size), scale * LOG2E,
             o.video_start, o.frames, o.positions, BLOCK_D=block_d, **common,

@@ -118,7 +118,7 @@ def _reorder_kernel(
     X, Y, HEADS,
     sxb, sxh, sxs, syb, syh, sys_, shb, shh,
     H, S, D, VSTART, FRAMES, POSITIONS,
-    INVERSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    INVERSE: tl.constexpr, FLAGGED_ONLY: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -132,7 +132,10 @@ def _reorder_kernel(
     else:
         src = native_rows(rows, flag, VSTART, FRAMES, POSITIONS)
     cols = tl.arange(0, BLOCK_D)
-    m = (rows < S)[:, None] & (cols < D)[None, :]
+    row_ok = rows < S
+    if FLAGGED_ONLY:
+        row_ok = row_ok & (rows * 0 + flag != 0)
+    m = row_ok[:, None] & (cols < D)[None, :]
     xb = X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh
     yb = Y + b.to(tl.int64) * syb + h.to(tl.int64) * syh
     vals = tl.load(xb + src.to(tl.int64)[:, None] * sxs + cols[None, :], mask=m)
@@ -152,8 +155,19 @@ def reorder_tokens(x, order: TokenOrder, heads=None, *, inverse=False, backend="
         raise ValueError("the last dimension of x must be contiguous")
     if not use_triton(backend, x):
         return reorder_tokens_reference(x, order, heads, inverse=inverse)
+    return _launch_reorder(x, order, _head_mask(heads, *x.shape[:2], x.device), inverse, flagged_only=False)
+
+
+def reorder_flagged_heads(x, order: TokenOrder, mask: torch.Tensor) -> torch.Tensor:
+    """Position-major copy of the heads flagged in the int8 (B, H) `mask`; the other heads of
+    the result are left unwritten (the attention kernel reads those from `x`), so the pass
+    moves only the flagged heads' bytes. Triton only."""
+    _check_tokens(x, order)
+    return _launch_reorder(x, order, mask, False, flagged_only=True)
+
+
+def _launch_reorder(x, order: TokenOrder, mask: torch.Tensor, inverse: bool, flagged_only: bool) -> torch.Tensor:
     B, H, S, D = x.shape
-    mask = _head_mask(heads, B, H, x.device)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     block_s = 64
     grid = (triton.cdiv(S, block_s), B * H)
@@ -161,6 +175,6 @@ def reorder_tokens(x, order: TokenOrder, heads=None, *, inverse=False, backend="
         x, y, mask,
         *x.stride()[:3], *y.stride()[:3], *mask.stride(),
         H, S, D, order.video_start, order.frames, order.positions,
-        INVERSE=inverse, BLOCK_S=block_s, BLOCK_D=triton.next_power_of_2(D),
+        INVERSE=inverse, FLAGGED_ONLY=flagged_only, BLOCK_S=block_s, BLOCK_D=triton.next_power_of_2(D),
     )
     return y
