@@ -26,12 +26,17 @@ def processors(pipe):
             for name, module in getattr(pipe, t).named_modules() if hasattr(module, "processor")}
 
 
-def check_all_dense_steps_are_identical(build, call_kwargs):
+def check_all_dense_steps_are_identical(build, call_kwargs, bit_exact=True):
+    """Every step dense: the stock output, bit for bit where the family runs the stock call in
+    dense steps, else (HunyuanVideo drops padded text keys instead of masking them) to rounding."""
     pipe = build()
     stock = generate(pipe, call_kwargs)
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=1.0, **TINY))
     out = generate(pipe, call_kwargs)
-    assert torch.equal(out, stock)
+    if bit_exact:
+        assert torch.equal(out, stock)
+    else:
+        torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
     assert handle.stats()["sparse_calls"] == 0 and handle.stats()["dense_calls"] > 0
 
 

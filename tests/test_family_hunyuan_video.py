@@ -15,6 +15,7 @@ FULL_BANDS = SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, *
 
 
 BRANCHES = ["cond", "uncond"]  # CFG branches as the runtime names them
+DENSE_STEPS_BIT_EXACT = False  # dense steps attend the valid tokens unmasked: equal to stock up to rounding
 
 def build():
     torch.manual_seed(0)
@@ -114,3 +115,30 @@ def test_padded_text_query_rows_match_stock():
         assert runtime.cache.sparse_calls == calls + 1
         for got, want in zip(out, stock_processor(attn, video, text, mask, rope)):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_dense_steps_attend_valid_tokens_unmasked(monkeypatch):
+    """Dense steps drop the padded text keys instead of masking them (cuDNN runs faster
+    unmasked): no mask on the video + valid-text call, output equal to stock up to rounding;
+    a disabled handle runs the stock masked call, bit for bit."""
+    kwargs = lambda: {**call_kwargs(), "num_inference_steps": 2}  # noqa: E731
+    pipe = build()
+    stock = checks.generate(pipe, kwargs)
+    handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=1.0, **checks.TINY))
+    masks = []
+    original = hunyuan_video.dispatch_attention_fn
+
+    def spy(query, key, value, attn_mask=None, **kw):
+        masks.append((query.shape[1], key.shape[1], attn_mask is None))
+        return original(query, key, value, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(hunyuan_video, "dispatch_attention_fn", spy)
+    out = checks.generate(pipe, kwargs)
+    torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
+    full = [m for m in masks if m[0] == m[1]]  # video + valid text rows against the same keys
+    assert full and all(unmasked for _, _, unmasked in full)
+    assert {keys for _, keys, _ in full} == {108 + 9, 108 + 5}  # cond and uncond valid lengths
+    handle.enabled = False
+    masks.clear()
+    assert torch.equal(checks.generate(pipe, kwargs), stock)
+    assert masks and not any(unmasked for _, _, unmasked in masks)

@@ -4,8 +4,9 @@ followed by the (padded) text tokens, in the dual-stream and the single-stream b
 The stock model masks the keys past `video + encoder_attention_mask.sum()` for every query.
 The sparse kernel cannot mask single keys, so the sparse path drops the padded text tokens:
 it attends over video + the first L text tokens (L the same for every batch item) and computes
-the padded query rows with the stock masked call. Batches whose items have different L run
-the stock attention.
+the padded query rows with the stock masked call. Dense layers and steps do the same with full
+attention, which is exact and spares cuDNN the key mask. Batches whose items have different L
+run the stock attention.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class SparseHunyuanVideoAttnProcessor(SparseProcessor, HunyuanVideoAttnProcessor
         query, key, value = _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         valid = grid.num_tokens
         out = self.runtime.attention(query[:, :valid], key[:, :valid], value[:, :valid], self.layer, grid=grid)
+        if out is None and self.runtime.enabled and valid < query.shape[1]:
+            # a dense layer or step: the same full attention over the valid tokens, unmasked (a key
+            # mask makes cuDNN ~1.4x slower at 720p; docs/results/e2e_notes.md)
+            out = dispatch_attention_fn(
+                query[:, :valid], key[:, :valid], value[:, :valid], dropout_p=0.0, is_causal=False,
+                backend=self._attention_backend, parallel_config=self._parallel_config,
+            )
         if out is None:
             out = dispatch_attention_fn(
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
