@@ -37,7 +37,9 @@ Timed steps: median of --repeats (1 for Wan2.1-14B and HunyuanVideo, 2 for CogVi
 after a warm-up call. The 50-step total composes
     n_dense * dense + n_profile * profile + n_cached * cached,
 n_profile being the sparse steps that re-profile (refresh_every 1: all; r: ceil(n_sparse / r);
-0: one). `--full-loop` also runs Wan2.1-1.3B 480p's 50 steps for dense, svg and balanced
+0: one), and a dense warm-up step measured through our processors (HunyuanVideo's drop the
+padded text keys instead of masking them, which cuDNN runs faster). `--trace` adds a
+torch.profiler breakdown of one cached svg step (kernel time per category, GPU busy vs wall). `--full-loop` also runs Wan2.1-1.3B 480p's 50 steps for dense, svg and balanced
 and compares the measured total with the composed one.
 
     python scripts/bench_e2e.py --models wan1.3b-480 --full-loop --out docs/results
@@ -528,6 +530,18 @@ def run_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> lis
                 loops[name] = timed(loop, device)
                 loop_profiles[name] = handle.stats()["num_profiles"]
                 progress(f"full loop {name}: {loops[name]:.1f} s")
+        # a warm-up (dense) step through our processors: the stock call for most families, the
+        # unmasked call over the valid tokens for HunyuanVideo
+        handle.set_config(dataclasses.replace(measurement_config(configs["svg"]), dense_layers=layers))
+        step(t0)
+        warmup_s = statistics.median(timed(lambda: step(t0), device) for _ in range(repeats))
+        progress(f"dense step through dit_sparse {warmup_s:.3f} s")
+        trace = None
+        if args.trace and device.type == "cuda":
+            handle.set_config(measurement_config(configs["svg"]))
+            step(t0)  # profiles; the traced step re-uses the plans
+            trace = trace_step(lambda: step(t1), device)
+            progress(f"traced cached svg step: {trace['gpu_busy_s']:.3f} s of kernels in {trace['wall_s']:.3f} s")
         grid_seen = handle.runtimes["transformer"].grid
         dit_sparse.remove(model)
     if grid_seen is None or grid_seen.num_video_tokens != num_tokens:
@@ -546,9 +560,10 @@ def run_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> lis
                     refresh_every=None, density=1.0)]
     for name, cfg in configs.items():
         m = measured[dataclasses.astuple(measurement_config(cfg))]
-        total = compose(cfg, dense_s, m["profile_s"], m["cached_s"])
+        total = compose(cfg, warmup_s, m["profile_s"], m["cached_s"])
         records.append(dict(
             base, config=name, sparse_s_per_step=m["cached_s"], profile_s_per_step=m["profile_s"],
+            warmup_s_per_step=warmup_s,
             mean_density=m["mean_density"], speedup=base["total_dense_s"] / total["total_sparse_s"], **total,
             dense_steps=cfg.dense_steps, dense_layers=cfg.dense_layers, refresh_every=cfg.refresh_every,
             density=cfg.density, recall=cfg.recall,
@@ -572,7 +587,42 @@ def run_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> lis
         progress(f"peak GPU memory after building: {peak:.1f} GiB")
         for r in records:
             r["peak_gpu_gib"] = peak
+    if trace is not None:
+        next(r for r in records if r["config"] == "svg")["trace"] = trace
     return records
+
+
+TRACE_CATEGORIES = (  # (category, substrings of kernel names), first match wins
+    ("sparse attention (ours)", ("_bsa_fwd",)),
+    ("reorder (ours)", ("_reorder_kernel",)),
+    ("profiling (ours)", ("_block_lse",)),
+    ("dense attention (SDPA)", ("cudnn", "fmha", "flash", "attention")),
+    ("GEMM", ("gemm", "xmma", "cutlass", "cublas", "sm90_", "nvjet")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The TRACE_CATEGORIES entry a CUDA kernel's name falls in, else "other"."""
+    name = name.lower()
+    return next((c for c, keys in TRACE_CATEGORIES if any(k.lower() in name for k in keys)), "other")
+
+
+def trace_step(fn, device) -> dict:
+    """One step under torch.profiler: kernel time per category, the busiest kernels, and the
+    GPU's busy time against the wall time (the gap is launch latency and host work)."""
+    sync(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        wall = timed(fn, device)
+    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    by_category = Counter()
+    for e in kernels:
+        by_category[kernel_category(e.key)] += e.self_device_time_total / 1e6
+    busy = sum(by_category.values())
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]
+    return dict(
+        wall_s=wall, gpu_busy_s=busy, categories_s=dict(by_category.most_common()),
+        top_kernels=[dict(name=e.key[:90], calls=e.count, s=e.self_device_time_total / 1e6) for e in top],
+    )
 
 
 # ---- output ----------------------------------------------------------------------------------
@@ -609,13 +659,16 @@ def markdown(data: dict) -> str:
         "called as their pipelines do (Wan: cond + uncond calls; CogVideoX: batch 2; HunyuanVideo, Flux: one call). "
         "Dense = stock processors under `sdpa_kernel([cuDNN, ...], set_priority=True)` (backend column: what it picks "
         "for the self-attention). profile = first sparse step (every sparse layer profiles), cached = a step under "
-        "cached plans; 50-step totals composed as n_dense x dense + n_profile x profile + n_cached x cached. "
+        "cached plans, warm-up = a dense step through our processors (the stock call, except HunyuanVideo: "
+        "unmasked over the valid tokens, see text_mask_h100.md); 50-step totals composed as "
+        "n_dense x warm-up + n_profile x profile + n_cached x cached. "
         "Fixed-density mode; svg = Sparse VideoGen's dense fractions and density, profiling every sparse step "
         "(Flux: Wan's settings); balanced / fast = our presets at svg's density. attn = self-attention share of a "
         "dense step. Measured = a real 50-step loop (must agree with the composition within 3%).", "",
-        "| model | H x W x F | tokens | config | dense steps / layers / refresh | dense s/step | profile s/step | "
-        "cached s/step | attn | density | 50 steps dense s | 50 steps sparse s | speed-up | measured 50 steps s | SDPA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | H x W x F | tokens | config | dense steps / layers / refresh | dense s/step | warm-up s/step | "
+        "profile s/step | cached s/step | attn | density | 50 steps dense s | 50 steps sparse s | speed-up | "
+        "measured 50 steps s | SDPA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         refresh = "-" if r["refresh_every"] is None else r["refresh_every"]
@@ -623,7 +676,7 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['height']}x{r['width']}x{r['num_frames']} | {r['tokens']} | {r['config']} | "
             f"{r['dense_steps']} / {r['dense_layers']} / {refresh} | {r['dense_s_per_step']:.3f} | "
-            f"{r['profile_s_per_step']:.3f} | {r['sparse_s_per_step']:.3f} | {r['attention_share']:.0%} | "
+            f"{r.get('warmup_s_per_step', r['dense_s_per_step']):.3f} | {r['profile_s_per_step']:.3f} | {r['sparse_s_per_step']:.3f} | {r['attention_share']:.0%} | "
             f"{r['mean_density']:.3f} | {r['total_dense_s']:.1f} | {r['total_sparse_s']:.1f} | {r['speedup']:.2f}x | "
             f"{measured} | {r['dense_sdpa_backend']} |"
         )
@@ -650,6 +703,15 @@ def markdown(data: dict) -> str:
     if merged:
         lines += ["", "Timesteps that coincide once the pipeline casts them (the runtime then sees fewer steps on a "
                       "bare transformer): " + ", ".join(f"{k}: {n} distinct of {STEPS}" for k, n in merged) + "."]
+    traced = [r for r in records if r.get("trace")]
+    if traced:
+        lines += ["", "## Where a cached svg step's time goes (torch.profiler, kernel time per category)", "",
+                  "| model | wall s | GPU busy s | " + " | ".join(c for c, _ in TRACE_CATEGORIES) + " | other |",
+                  "|---|---|---|" + "---|" * (len(TRACE_CATEGORIES) + 1)]
+        for r in traced:
+            t = r["trace"]
+            cells = [f"{t['categories_s'].get(c, 0.0):.3f}" for c, _ in TRACE_CATEGORIES] + [f"{t['categories_s'].get('other', 0.0):.3f}"]
+            lines.append(f"| {r['model']} {r['height']}x{r['width']} | {t['wall_s']:.3f} | {t['gpu_busy_s']:.3f} | {' | '.join(cells)} |")
     if data.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e['key']}: {e['error']}" for e in data["errors"]]
     lines += ["", "## Commands", ""] + [f"- `{c}`" for c in data["commands"]]
@@ -663,6 +725,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (fewer for the huge shapes)")
     ap.add_argument("--full-loop", action="store_true", help="also run the 50 steps of Wan2.1-1.3B 480p")
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on the CPU: a test of the code path")
+    ap.add_argument("--trace", action="store_true", help="torch.profiler trace of one cached svg step (GPU)")
     args = ap.parse_args(argv)
     args.command = "python scripts/bench_e2e.py " + " ".join(sys.argv[1:] if argv is None else argv)
     names = args.models.split(",")

@@ -70,7 +70,7 @@ def test_tiny_run_records_and_merge(tmp_path):
             continue
         assert r["n_dense_steps"] + r["n_profile_steps"] + r["n_cached_steps"] == r["steps"]
         assert r["total_sparse_s"] == pytest.approx(
-            r["n_dense_steps"] * r["dense_s_per_step"] + r["n_profile_steps"] * r["profile_s_per_step"]
+            r["n_dense_steps"] * r["warmup_s_per_step"] + r["n_profile_steps"] * r["profile_s_per_step"]
             + r["n_cached_steps"] * r["sparse_s_per_step"])
         assert 0 < r["mean_density"] < 1
     looped = {r["config"]: r for r in records if "measured_total_s" in r}
@@ -87,3 +87,12 @@ def test_tiny_run_records_and_merge(tmp_path):
     for r in again["records"]:
         assert (r["command"] == again["commands"][-1]) == (r["key"] == "flux-1024")
     assert len(again["commands"]) == 2
+
+
+def test_trace_kernel_categories():
+    assert bench.kernel_category("_bsa_fwd_tma_kernel") == "sparse attention (ours)"
+    assert bench.kernel_category("_reorder_kernel") == "reorder (ours)"
+    assert bench.kernel_category("_block_lse_kernel") == "profiling (ours)"
+    assert bench.kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "dense attention (SDPA)"
+    assert bench.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32") == "GEMM"
+    assert bench.kernel_category("vectorized_elementwise_kernel") == "other"
