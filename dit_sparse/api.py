@@ -11,6 +11,9 @@ from .runtime import SparseRuntime
 
 TRANSFORMER_ATTRIBUTES = ("transformer", "transformer_2")  # Wan 2.2 A14B carries two
 HANDLE_ATTRIBUTE = "_dit_sparse_handle"
+# processor settings diffusers sets on every attention processor (set_attention_backend,
+# enable_parallelism); a processor swap hands them on, in both directions
+PROCESSOR_SETTINGS = ("_attention_backend", "_parallel_config")
 
 
 class UnsupportedModelError(ValueError):
@@ -70,14 +73,23 @@ class SparseAttention:
         }
 
     def remove(self):
-        """Restore the processors that were there before and detach the hooks."""
+        """Restore the processors that were there before, with the settings diffusers gave the
+        sparse ones meanwhile (e.g. enable_parallelism after apply), and detach the hooks."""
         for module, processor in self._originals:
+            _hand_on_settings(module.processor, processor)
             module.set_processor(processor)
         for transformer in self._transformers.values():
             hooks.detach(transformer)
             if getattr(transformer, HANDLE_ATTRIBUTE, None) is self:
                 delattr(transformer, HANDLE_ATTRIBUTE)
         self._originals = []
+
+
+def _hand_on_settings(source, target):
+    """Copy diffusers' per-processor settings from one attention processor to the next."""
+    for setting in PROCESSOR_SETTINGS:
+        if hasattr(source, setting) and hasattr(target, setting):
+            setattr(target, setting, getattr(source, setting))
 
 
 def _transformers_of(target) -> dict[str, torch.nn.Module]:
@@ -140,9 +152,7 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
         runtime = SparseRuntime(config, name)
         for layer, module in family.self_attention(transformer):
             processor = family.make_processor(module.processor, runtime, layer)
-            for setting in ("_attention_backend", "_parallel_config"):  # the stock path keeps them
-                if hasattr(module.processor, setting):
-                    setattr(processor, setting, getattr(module.processor, setting))
+            _hand_on_settings(module.processor, processor)  # the stock path keeps them
             originals.append((module, module.processor))
             module.set_processor(processor)
             runtime.layers.append(layer)

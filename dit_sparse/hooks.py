@@ -19,9 +19,13 @@ class StepHook(ModelHook):
     """Before each transformer forward: learn the token grid from the inputs, the step from
     diffusers' cache context or the timestep, and the CFG branch; hand them to the runtime.
 
-    Marked stateful only so that diffusers passes it the cache context (`cache_context(...)`
-    sets the context on every StateManager of stateful hooks); the state itself lives on the
-    runtime, which resets on its own when a new generation starts.
+    The call's inputs are read by a torch forward pre-hook (`begin_call`), which runs before the
+    transformer's forward and so before every diffusers hook wrapping it: under context
+    parallelism it sees the whole sequence that diffusers' split hook then shards, whether
+    `enable_parallelism` came before or after `apply`. The diffusers hook itself is there only to
+    receive the cache context, and is marked stateful for that (`cache_context(...)` sets the
+    context on every StateManager of stateful hooks); the state itself lives on the runtime, which
+    resets on its own when a new generation starts.
     """
 
     _is_stateful = True
@@ -32,14 +36,21 @@ class StepHook(ModelHook):
         self.family = family
         self.num_steps = num_steps  # callable giving the pipeline's step count, or None
         self.context = StateManager(_NoState)
+        self.pre_hook = None  # handle of the torch forward pre-hook, set by attach
 
-    def pre_forward(self, module, *args, **kwargs):
+    def begin_call(self, module, args, kwargs):
+        """The torch forward pre-hook: tell the runtime about this call (inputs unchanged)."""
+        parallel = getattr(module, "_parallel_config", None)
+        if getattr(parallel, "context_parallel_config", None) is not None and not self.family.context_parallel:
+            raise ValueError(
+                f"dit_sparse does not support context parallelism for {type(module).__name__} ({self.family.name}); "
+                "it does for Wan, Flux and LTX-Video. Run this model without enable_parallelism or without dit_sparse."
+            )
         # the class's forward: the instance's one is wrapped by hooks and takes *args, **kwargs
         inputs = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
         grid = self.family.grid(module, inputs)
         num_steps = self.num_steps() if self.num_steps else None
         self.runtime.begin_call(grid, inputs.get("timestep"), self.context._context, num_steps)
-        return args, kwargs
 
     def reset_state(self, module):
         return module
@@ -47,12 +58,14 @@ class StepHook(ModelHook):
 
 def attach(transformer, hook: StepHook):
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
+    hook.pre_hook = transformer.register_forward_pre_hook(hook.begin_call, with_kwargs=True)
 
 
 def detach(transformer):
-    registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    hook = attached(transformer)
+    if hook is not None:
+        hook.pre_hook.remove()
+        transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
 
 
 def attached(transformer) -> StepHook | None:

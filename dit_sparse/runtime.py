@@ -10,12 +10,21 @@ attention call).
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
 from .plan_cache import PlanCache
+
+
+class ShardedBranch(NamedTuple):
+    """The plan key's branch for a call that holds only some of the heads (Ulysses context
+    parallelism): its CFG branch and the global indices of the heads it holds."""
+
+    branch: str | int
+    heads: range
 
 
 class SparseRuntime:
@@ -77,20 +86,25 @@ class SparseRuntime:
         self._calls_this_step += 1
         self._names_this_step.add(name)
 
-    def attention(self, q, k, v, layer: int, *, layout: str = "bshd", scale=None, grid: TokenGrid | None = None):
+    def attention(self, q, k, v, layer: int, *, layout: str = "bshd", scale=None, grid: TokenGrid | None = None,
+                  heads: range | None = None):
         """Sparse attention output for one self-attention call, or None to run it dense.
 
         q, k, v: (B, S, H, D) for layout "bshd" (diffusers' dispatch layout) or (B, H, S, D) for
         "bhsd"; the output has the same layout. `grid` overrides the call's grid (a processor
-        that drops padded text tokens passes the shorter one).
+        that drops padded text tokens passes the shorter one). `heads`: the global indices of the
+        heads q holds when it holds only some (a rank under Ulysses); their plan is kept apart.
         """
         grid = grid or self.grid
         if not self.enabled or grid is None:
             return None
         if layout == "bshd":
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if heads is not None and len(heads) != q.shape[1]:
+            raise ValueError(f"heads={heads} names {len(heads)} heads, but q holds {q.shape[1]}")
+        branch = self.branch if heads is None else ShardedBranch(self.branch, heads)
         out = self.cache.attend(
-            q, k, v, layer=layer, branch=self.branch, step=self.step, num_steps=self.num_steps, grid=grid, scale=scale,
+            q, k, v, layer=layer, branch=branch, step=self.step, num_steps=self.num_steps, grid=grid, scale=scale,
         )
         kind = "dense" if out is None else "sparse"
         self.steps_by_branch[self.branch][kind].add(self.step)
@@ -100,12 +114,14 @@ class SparseRuntime:
         return out.transpose(1, 2) if layout == "bshd" else out
 
     def stats(self) -> dict:
-        """Per layer: the kinds and densities of its latest plan per branch; totals."""
+        """Per layer: the kinds and densities of its latest plan per branch, and the global
+        indices [start, stop) of the heads they describe; totals."""
         layers = {}
         for (layer, branch), plan in sorted(self.cache.plans.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            branch, heads = branch if isinstance(branch, ShardedBranch) else (branch, range(plan.shape[1]))
             layers.setdefault(layer, {})[str(branch)] = {
                 "kinds": plan.kinds, "density": plan.density.tolist(), "mean_density": plan.mean_density,
-                "profiled_at_step": plan.step,
+                "profiled_at_step": plan.step, "heads": [heads.start, heads.stop],
             }
         return {
             "layers": layers,

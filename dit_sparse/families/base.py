@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..context_parallel import context_parallel_attention, ulysses_degree
 from ..geometry import TokenGrid
 
 
@@ -17,13 +18,15 @@ class ModelFamily:
     layers that get sparse processors (cross-attention and refiners keep theirs);
     make_processor(original, runtime, layer) -> the sparse processor for one layer;
     grid(transformer, inputs) -> TokenGrid of the attention sequence, from the forward's named
-    inputs."""
+    inputs; context_parallel: whether its processors run sparse under diffusers' Ulysses context
+    parallelism (through the "dit_sparse" attention backend)."""
 
     name: str
     transformer_classes: tuple[str, ...]
     self_attention: Callable[[torch.nn.Module], list[tuple[int, torch.nn.Module]]]
     make_processor: Callable
     grid: Callable[[torch.nn.Module, dict], TokenGrid | None]
+    context_parallel: bool = False
 
     def matches(self, transformer: torch.nn.Module) -> bool:
         return any(cls.__name__ in self.transformer_classes for cls in type(transformer).__mro__)
@@ -37,6 +40,27 @@ class SparseProcessor:
         super().__init__()
         self.runtime = runtime
         self.layer = layer
+
+    def _context_parallel_config(self):
+        """diffusers' ParallelConfig when this processor runs under context parallelism
+        (`enable_parallelism` sets the processor's `_parallel_config`), else None."""
+        parallel = getattr(self, "_parallel_config", None)
+        return parallel if getattr(parallel, "context_parallel_config", None) is not None else None
+
+    @property
+    def sequence_shards(self) -> int:
+        """How many ranks share the sequence of this processor's calls (1 without context parallelism)."""
+        parallel = self._context_parallel_config()
+        return 1 if parallel is None else ulysses_degree(parallel)
+
+    def sparse_attention(self, query, key, value):
+        """This layer's sparse attention of (B, S, H, D) q, k, v, or None to run the model's own
+        attention call. Under context parallelism q, k, v are this rank's shard of the sequence
+        and the call goes through diffusers' Ulysses exchange to the "dit_sparse" backend."""
+        parallel = self._context_parallel_config()
+        if parallel is not None:
+            return context_parallel_attention(query, key, value, self.runtime, self.layer, parallel)
+        return self.runtime.attention(query, key, value, self.layer)
 
 
 def project_heads(attn, hidden_states, projections, norms):

@@ -46,9 +46,9 @@ class SparseFluxAttnProcessor(SparseProcessor, FluxAttnProcessor):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        grid = self.runtime.grid
-        fits = attention_mask is None and grid is not None and query.shape[1] == grid.num_tokens
-        out = self.runtime.attention(query, key, value, self.layer) if fits else None
+        grid = self.runtime.grid  # of the whole sequence; a rank under context parallelism holds a shard of it
+        fits = attention_mask is None and grid is not None and query.shape[1] * self.sequence_shards == grid.num_tokens
+        out = self.sparse_attention(query, key, value) if fits else None
         if out is None:
             out = dispatch_attention_fn(
                 query, key, value, attn_mask=attention_mask,
@@ -100,4 +100,5 @@ FLUX = ModelFamily(
     self_attention=_self_attention,
     make_processor=lambda original, runtime, layer: SparseFluxAttnProcessor(runtime, layer),
     grid=_grid,
+    context_parallel=True,
 )

@@ -17,7 +17,7 @@ class SparseLTXVideoAttnProcessor(SparseProcessor, LTXVideoAttnProcessor):
     q/k norms and RoPE, with the attention call routed through the sparse runtime."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        if encoder_hidden_states is not None or attention_mask is not None or self._parallel_config is not None:
+        if encoder_hidden_states is not None or attention_mask is not None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(hidden_states))
@@ -28,7 +28,7 @@ class SparseLTXVideoAttnProcessor(SparseProcessor, LTXVideoAttnProcessor):
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        out = self.runtime.attention(query, key, value, self.layer)
+        out = self.sparse_attention(query, key, value)
         if out is None:
             out = dispatch_attention_fn(
                 query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -60,4 +60,5 @@ LTX = ModelFamily(
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.transformer_blocks)],
     make_processor=lambda original, runtime, layer: SparseLTXVideoAttnProcessor(runtime, layer),
     grid=_grid,
+    context_parallel=True,
 )

@@ -32,7 +32,7 @@ class SparseWanAttnProcessor(SparseProcessor, WanAttnProcessor):
         value = value.unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             query, key = _rotary(query, *rotary_emb), _rotary(key, *rotary_emb)
-        out = self.runtime.attention(query, key, value, self.layer) if attention_mask is None else None
+        out = self.sparse_attention(query, key, value) if attention_mask is None else None
         if out is None:
             out = dispatch_attention_fn(
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
@@ -53,4 +53,5 @@ WAN = ModelFamily(
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.blocks)],
     make_processor=lambda original, runtime, layer: SparseWanAttnProcessor(runtime, layer),
     grid=_grid,
+    context_parallel=True,
 )
