@@ -8,6 +8,7 @@ from .block_sparse_attention import (
 )
 from .block_lse import sampled_block_lse, sampled_block_lse_reference
 from .reorder import TokenOrder, reorder_tokens, reorder_tokens_reference
+from .rotary import interleaved_rotary, interleaved_rotary_reference
 
 __all__ = [
     "KernelConfig",
@@ -15,6 +16,8 @@ __all__ = [
     "block_sparse_attention",
     "block_sparse_attention_reference",
     "default_config",
+    "interleaved_rotary",
+    "interleaved_rotary_reference",
     "reorder_tokens",
     "sampled_block_lse",
     "sampled_block_lse_reference",

@@ -1,0 +1,94 @@
+"""Wan's rotary embedding: diffusers' PyTorch ops against our one-pass Triton kernel, on a GPU.
+
+For each shape (Wan2.1-1.3B at 480p, Wan2.1-14B at 720p: one call's q and k, bf16, Wan's own
+float32 cos/sin tables from `WanRotaryPosEmbed`) it checks that the kernel's output equals
+diffusers' bit for bit, and times both for q and k together (CUDA events, median). Writes
+DIR/rotary_<gpu>.json and .md.
+
+    python scripts/bench_rotary.py --out docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+from dit_sparse.kernels import interleaved_rotary, interleaved_rotary_reference
+from dit_sparse.timing import cuda_time, gpu_tag
+
+# name: (latent frames, height, width, heads, head dim); patch (1, 2, 2) already applied
+SHAPES = {
+    "wan1.3b-480": (21, 30, 52, 12, 128),
+    "wan14b-720": (21, 45, 80, 40, 128),
+}
+
+
+def run_shape(name: str) -> dict:
+    frames, height, width, heads, head_dim = SHAPES[name]
+    cos, sin = WanRotaryPosEmbed(head_dim, (1, 1, 1), max_seq_len=1024).cuda()(
+        torch.zeros(1, 1, frames, height, width, device="cuda"))
+    tokens = frames * height * width
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # q and k as the processor has them: (B, S, H, D) views of the (B, S, H * D) projections
+    q, k = (torch.randn(1, tokens, heads * head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+            .unflatten(2, (heads, head_dim)) for _ in range(2))
+    ours = interleaved_rotary(q, k, cos, sin)
+    stock = (interleaved_rotary_reference(q, cos, sin), interleaved_rotary_reference(k, cos, sin))
+    equal = all(torch.equal(a, b) for a, b in zip(ours, stock, strict=True))
+    mismatches = sum(int((a != b).sum()) for a, b in zip(ours, stock, strict=True))
+    stock_ms = cuda_time(lambda: (interleaved_rotary_reference(q, cos, sin), interleaved_rotary_reference(k, cos, sin)))
+    ours_ms = cuda_time(lambda: interleaved_rotary(q, k, cos, sin))
+    moved = 4 * q.numel() * q.element_size() + 2 * cos.numel() * cos.element_size()  # read q, k, tables; write 2
+    record = dict(shape=name, tokens=tokens, heads=heads, head_dim=head_dim, equal=equal, mismatches=mismatches,
+                  stock_ms=stock_ms, ours_ms=ours_ms, speedup=stock_ms / ours_ms,
+                  ours_tb_per_s=moved / ours_ms / 1e9)
+    print(f"[{name}] stock {stock_ms:.3f} ms, ours {ours_ms:.3f} ms ({record['speedup']:.1f}x, "
+          f"{record['ours_tb_per_s']:.2f} TB/s), equal {equal}", flush=True)
+    return record
+
+
+def markdown(records, command, device) -> str:
+    lines = [f"# Wan's rotary embedding: diffusers' ops vs our Triton pass ({device})", "",
+             "q and k of one self-attention call, bf16, Wan's float32 tables; times for both tensors. "
+             "equal: our output equals diffusers' bit for bit.", "",
+             "| shape | tokens x heads x dim | diffusers ms | ours ms | speed-up | ours TB/s | equal |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['shape']} | {r['tokens']} x {r['heads']} x {r['head_dim']} | {r['stock_ms']:.3f} | "
+                     f"{r['ours_ms']:.3f} | {r['speedup']:.1f}x | {r['ours_tb_per_s']:.2f} | "
+                     f"{'yes' if r['equal'] else 'NO (%d values differ)' % r['mismatches']} |")
+    lines += ["", f"Command: `{command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {list(SHAPES)}")
+    ap.add_argument("--out", default="docs/results")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_rotary needs a CUDA GPU")
+    names = args.shapes.split(",")
+    if unknown := [n for n in names if n not in SHAPES]:
+        sys.exit(f"unknown shape {unknown}; choose from {list(SHAPES)}")
+    with torch.no_grad():
+        records = [run_shape(n) for n in names]
+    command = "python scripts/bench_rotary.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    device = torch.cuda.get_device_name()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"rotary_{gpu_tag(device)}"
+    (out / f"{stem}.json").write_text(json.dumps(dict(device=device, command=command, records=records), indent=1))
+    (out / f"{stem}.md").write_text(markdown(records, command, device))
+    print(markdown(records, command, device))
+    if not all(r["equal"] for r in records):
+        sys.exit("the Triton rotary differs from diffusers' on the GPU")
+
+
+if __name__ == "__main__":
+    main()
