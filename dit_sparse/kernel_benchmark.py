@@ -8,7 +8,7 @@ mask on a slice of query rows, and measures the explicit token reorder against t
     dit-sparse bench --shapes wan480,wan720 --out docs/results
     python scripts/bench_kernels.py --sweep --shapes wan480          # tile/pipeline configs
 
-Writes kernels_h100.json (a list of records) and kernels_h100.md, merging with records of
+Writes kernels_<gpu>.json (a list of records; e.g. kernels_h100) and kernels_<gpu>.md, merging with records of
 other shapes already there, so one GPU run per shape group builds up the whole table.
 """
 
@@ -33,7 +33,7 @@ from dit_sparse.kernels import (
     reorder_tokens,
 )
 from dit_sparse.patterns import block_tables as tables
-from dit_sparse.timing import cuda_time
+from dit_sparse.timing import cuda_time, gpu_tag
 
 BLOCK = 128
 # name: (B, H, S, D, TokenOrder) -- the video geometry the spatial/temporal bands follow
@@ -266,7 +266,7 @@ def markdown(records, command, device):
 def parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     ap = ap or argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="wan480,wan720", help=f"comma list of {list(SHAPES)}")
-    ap.add_argument("--out", default="docs/results", help="folder for kernels_h100.json/.md")
+    ap.add_argument("--out", default="docs/results", help="folder for kernels_<gpu>.json/.md")
     ap.add_argument("--sweep", action="store_true", help="time tile/pipeline configs instead")
     return ap
 
@@ -291,7 +291,7 @@ def run(args) -> dict:
         run_shape(name, flex, records, sweep=args.sweep)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "kernel_sweep_h100" if args.sweep else "kernels_h100"
+    stem = ("kernel_sweep_" if args.sweep else "kernels_") + gpu_tag(device)
     path = out / f"{stem}.json"
     command = getattr(args, "command", None) or "python scripts/bench_kernels.py " + " ".join(sys.argv[1:])
     if not args.sweep and path.exists():

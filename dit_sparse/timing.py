@@ -27,3 +27,14 @@ def cuda_time(fn, reps=None, budget_ms=1500.0) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def gpu_tag(device_name: str) -> str:
+    """Short lower-case name of a GPU for result file names, so that runs on different GPUs
+    never share a table: the first word with a digit, after the vendor ("NVIDIA H100 80GB HBM3"
+    -> "h100", "NVIDIA H200" -> "h200", "NVIDIA GeForce RTX 4090" -> "4090")."""
+    words = device_name.lower().replace("nvidia", " ").split()
+    if not words:
+        raise ValueError(f"no GPU name in {device_name!r}")
+    word = next((w for w in words if any(c.isdigit() for c in w)), words[0])
+    return "".join(c if c.isalnum() else "_" for c in word)

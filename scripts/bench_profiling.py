@@ -31,7 +31,7 @@ from dit_sparse import SparseAttentionConfig, TokenGrid, profile_heads
 from dit_sparse.kernels import block_sparse_attention, block_sparse_attention_reference
 from dit_sparse.kernels.reorder import reorder_flagged_heads
 from dit_sparse.profiling import HeadPlan, make_bank
-from dit_sparse.timing import cuda_time
+from dit_sparse.timing import cuda_time, gpu_tag
 
 SHAPES = {
     "wan480": (1, 12, TokenGrid(21, 30, 52)),  # Wan2.1-1.3B 480x832x81: (1, 12, 32760, 128)
@@ -170,8 +170,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/bench_profiling.py " + " ".join(sys.argv[1:])
     device = torch.cuda.get_device_name()
-    (out / "profiling_h100.json").write_text(json.dumps(dict(device=device, command=command, records=records), indent=1))
-    (out / "profiling_h100.md").write_text(markdown(records, command, device))
+    stem = f"profiling_{gpu_tag(device)}"
+    (out / f"{stem}.json").write_text(json.dumps(dict(device=device, command=command, records=records), indent=1))
+    (out / f"{stem}.md").write_text(markdown(records, command, device))
     print(markdown(records, command, device))
 
 

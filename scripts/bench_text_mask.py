@@ -9,7 +9,7 @@ which 64 valid) under `sdpa_kernel([cuDNN, flash, efficient, math], set_priority
 - masked: all tokens with the stock mask;
 - valid view: the valid tokens as a slice (what the processor passes);
 - valid contiguous: the same tokens copied contiguous first (copy timed in);
-checks the three agree on the valid rows, and writes DIR/text_mask_h100.json and .md.
+checks the three agree on the valid rows, and writes DIR/text_mask_<gpu>.json and .md (e.g. text_mask_h100).
 
     python scripts/bench_text_mask.py --out docs/results
 """
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dit_sparse.timing import cuda_time
+from dit_sparse.timing import cuda_time, gpu_tag
 
 PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -66,12 +66,13 @@ def main():
     command = "python scripts/bench_text_mask.py " + " ".join(sys.argv[1:])
     device = torch.cuda.get_device_name()
     meta = dict(device=device, command=command, shape=[1, H, S, D], valid_tokens=valid, records=records)
-    (out / "text_mask_h100.json").write_text(json.dumps(meta, indent=1))
+    stem = f"text_mask_{gpu_tag(device)}"
+    (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
     lines = [f"# cuDNN attention with and without the padded-text key mask ({device})", "",
              f"Command: `{command}`. One call, (1, {H}, {S}, {D}) bf16, {valid} valid tokens.", "",
              "| variant | ms | speed-up over masked | max abs diff vs masked (valid rows) |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['ms']:.1f} | {r['vs_masked']:.2f}x | {r['max_abs_diff_vs_masked']:.1e} |" for r in records]
-    (out / "text_mask_h100.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

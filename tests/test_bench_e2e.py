@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dit_sparse import SparseAttentionConfig
+from dit_sparse.timing import gpu_tag
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_e2e as bench  # noqa: E402
@@ -72,6 +73,7 @@ def test_tiny_run_records_and_merge(tmp_path):
         assert r["total_sparse_s"] == pytest.approx(
             r["n_dense_steps"] * r["warmup_s_per_step"] + r["n_profile_steps"] * r["profile_s_per_step"]
             + r["n_cached_steps"] * r["sparse_s_per_step"])
+        assert r["speedup_vs_warmup"] == pytest.approx(r["steps"] * r["warmup_s_per_step"] / r["total_sparse_s"])
         assert 0 < r["mean_density"] < 1
     looped = {r["config"]: r for r in records if "measured_total_s" in r}
     assert set(looped) == {"dense", "svg", "balanced"} and all(r["key"] == "wan1.3b-480" for r in looped.values())
@@ -96,3 +98,12 @@ def test_trace_kernel_categories():
     assert bench.kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "dense attention (SDPA)"
     assert bench.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32") == "GEMM"
     assert bench.kernel_category("vectorized_elementwise_kernel") == "other"
+
+
+def test_gpu_tag_names_result_files_by_gpu():
+    assert gpu_tag("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_tag("NVIDIA H200") == "h200"
+    assert gpu_tag("NVIDIA GeForce RTX 4090") == "4090"
+    assert gpu_tag("NVIDIA A100-SXM4-80GB") == "a100_sxm4_80gb"
+    with pytest.raises(ValueError, match="no GPU name"):
+        gpu_tag("NVIDIA ")
