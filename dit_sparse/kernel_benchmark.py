@@ -15,6 +15,7 @@ other shapes already there, so one GPU run per shape group builds up the whole t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -100,30 +101,33 @@ def check_slice(q, k, v, out, mask, order, reordered, gen):
 
 
 def check_small_shapes():
-    """GPU kernel against the float32 reference on odd shapes, bf16 and fp16, with reordering."""
+    """GPU kernel against the float32 reference on odd shapes, bf16 and fp16, with reordering,
+    on contiguous (B, H, S, D) tensors and on (B, H, S, D) views of (B, S, H, D) ones."""
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
-    for S in (200, 333, 1000):
-        for D in (64, 128, 80):
-            for bs in (16, 64, 128):
-                for dtype in (torch.bfloat16, torch.float16):
-                    order = TokenOrder(4, (S - 8) // 4, S - 4 * ((S - 8) // 4), "suffix")
-                    q, k, v = (torch.randn(2, 3, S, D, generator=gen).to("cuda", dtype) for _ in range(3))
-                    nb = math.ceil(S / bs)
-                    mask = torch.rand(2, 3, nb, nb, generator=gen) < 0.4
-                    mask[:, :, 0] = False
-                    idx, cnt = (t.cuda() for t in tables(mask))
-                    heads = torch.tensor([True, False, True], device="cuda")
-                    out, lse = block_sparse_attention(q, k, v, idx, cnt, block_size=bs, return_lse=True, order=order, reordered_heads=heads)
-                    ref, ref_lse = block_sparse_attention_reference(
-                        q.float(), k.float(), v.float(), idx, cnt, block_size=bs, return_lse=True, order=order, reordered_heads=heads
-                    )
-                    err = ((out.float() - ref).norm() / ref.norm()).item()
-                    # equal -inf (empty blocks) give nan differences, counted as equal
-                    lse_ok = bool(((lse - ref_lse).abs().nan_to_num(0.0) < 2e-2).all())
-                    if err > 1e-2 or not lse_ok:
-                        raise SystemExit(f"GPU kernel wrong: S={S} D={D} bs={bs} {dtype}: rel err {err:.2e}, lse ok {lse_ok}")
-                    worst = max(worst, err)
+    for S, D, bs, dtype, layout in itertools.product(
+            (200, 333, 1000), (64, 128, 80), (16, 64, 128), (torch.bfloat16, torch.float16), ("bhsd", "bshd")):
+        order = TokenOrder(4, (S - 8) // 4, S - 4 * ((S - 8) // 4), "suffix")
+        shape = (2, 3, S, D) if layout == "bhsd" else (2, S, 3, D)
+        q, k, v = (torch.randn(shape, generator=gen).to("cuda", dtype) for _ in range(3))
+        if layout == "bshd":
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        nb = math.ceil(S / bs)
+        mask = torch.rand(2, 3, nb, nb, generator=gen) < 0.4
+        mask[:, :, 0] = False
+        idx, cnt = (t.cuda() for t in tables(mask))
+        heads = torch.tensor([True, False, True], device="cuda")
+        out, lse = block_sparse_attention(q, k, v, idx, cnt, block_size=bs, return_lse=True, order=order, reordered_heads=heads)
+        ref, ref_lse = block_sparse_attention_reference(
+            q.float(), k.float(), v.float(), idx, cnt, block_size=bs, return_lse=True, order=order, reordered_heads=heads
+        )
+        err = ((out.float() - ref).norm() / ref.norm()).item()
+        # equal -inf (empty blocks) give nan differences, counted as equal
+        lse_ok = bool(((lse - ref_lse).abs().nan_to_num(0.0) < 2e-2).all())
+        if err > 1e-2 or not lse_ok:
+            raise SystemExit(f"GPU kernel wrong: S={S} D={D} bs={bs} {dtype} {layout}: rel err {err:.2e}, "
+                             f"lse ok {lse_ok}")
+        worst = max(worst, err)
     print(f"GPU kernel matches the reference on odd shapes (worst relative error {worst:.1e})", flush=True)
     return worst
 

@@ -375,6 +375,16 @@ def block_sparse_attention_reference(
     return (out, lse) if return_lse else out
 
 
+def _output_like(q: torch.Tensor) -> torch.Tensor:
+    """An empty output for (B, H, S, D) q, laid out as q is: a (B, S, H, D) buffer when q is a
+    view of one (diffusers' layout, where heads vary faster than tokens), so that the caller's
+    transpose back to (B, S, H, D) and its flatten of the heads cost no copy; else contiguous."""
+    B, H, S, D = q.shape
+    if H > 1 and S > 1 and q.stride(1) < q.stride(2):
+        return torch.empty(B, S, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    return torch.empty(B, H, S, D, dtype=q.dtype, device=q.device)
+
+
 def block_sparse_attention(
     q, k, v, kv_indices, kv_counts, *, block_size=128, scale=None, return_lse=False, backend="auto",
     order=None, reordered_heads=None, head_pattern=None, config: KernelConfig | None = None,
@@ -408,11 +418,11 @@ def block_sparse_attention(
     B, H, S, D = q.shape
     heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    tma = _tma_ok(q, k, v)
+    out = _output_like(q)
+    tma = _tma_ok(q, k, v, out)
     cfg = config or default_config(block_size, tma)
     if block_size % cfg.block_m or block_size % cfg.block_n:
         raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
-    out = torch.empty(B, H, S, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out
     block_d = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(S, cfg.block_m), B * H)

@@ -158,6 +158,28 @@ def test_strided_qkv_views():
 
 
 @pytest.mark.parametrize("tma", [True, False])
+def test_output_keeps_the_diffusers_layout(tma):
+    """q, k, v as (B, H, S, D) views of (B, S, H, D) buffers (what diffusers' processors hold):
+    the output is laid out the same way, so transposing it back to (B, S, H, D) is free; with
+    reordered heads too (their rows are stored through the index map)."""
+    gen = torch.Generator().manual_seed(6)
+    order = TokenOrder(frames=4, positions=30, text_len=9, text_position="prefix")
+    B, H, S, D, bs = 2, 3, order.num_tokens, 64, 32
+    q, k, v = (torch.randn(B, S, H, D, generator=gen).transpose(1, 2) for _ in range(3))
+    idx, cnt = random_tables(B, H, math.ceil(S / bs), 0.4, gen)
+    heads = torch.tensor([[True, False, True], [False, True, False]])
+    cfg = KernelConfig(32, 32, 4, 2, tma=tma, tail_branch=tma)
+    out = block_sparse_attention(q, k, v, idx, cnt, block_size=bs, backend="triton", order=order,
+                                 reordered_heads=heads, config=cfg)
+    assert out.shape == (B, H, S, D) and out.transpose(1, 2).is_contiguous()
+    ref = block_sparse_attention_reference(q, k, v, idx, cnt, block_size=bs, order=order, reordered_heads=heads)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    contiguous = block_sparse_attention(q.contiguous(), k.contiguous(), v.contiguous(), idx, cnt, block_size=bs,
+                                        backend="triton", config=cfg)
+    assert contiguous.is_contiguous()
+
+
+@pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("text_position,text_len", [("none", 0), ("prefix", 13), ("suffix", 7)])
 def test_position_major_heads(text_position, text_len, tma):
     """Reordered heads (TMA path: k, v reordered, q and output through the index map; pointer
