@@ -95,15 +95,17 @@ def _check(q, k, cos, sin):
 def interleaved_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """q and k (B, S, H, D) rotated pairwise by (1 or B, S, 1, D) cos/sin tables, as
-    `interleaved_rotary_reference` rotates each; "auto" runs Triton on CUDA."""
+    `interleaved_rotary_reference` rotates each; "auto" runs Triton on CUDA for the dtypes it
+    supports (float32/16, bfloat16) and the reference otherwise (e.g. float64 tables)."""
     check_backend(backend)
     _check(q, k, cos, sin)
-    if not use_triton(backend, q):
-        return interleaved_rotary_reference(q, cos, sin), interleaved_rotary_reference(k, cos, sin)
     compute = torch.promote_types(q.dtype, cos.dtype)
-    if q.dtype not in _TL_DTYPES or k.dtype != q.dtype or compute not in _TL_DTYPES or sin.dtype != cos.dtype:
+    supported = q.dtype in _TL_DTYPES and k.dtype == q.dtype and compute in _TL_DTYPES and sin.dtype == cos.dtype
+    if backend == "triton" and not supported:
         raise ValueError(f"unsupported dtypes for the Triton rotary: q {q.dtype}, k {k.dtype}, cos {cos.dtype}, "
-                         f"sin {sin.dtype}; use backend='torch'")
+                         f"sin {sin.dtype}; use backend='torch' or 'auto'")
+    if not (supported and use_triton(backend, q)):
+        return interleaved_rotary_reference(q, cos, sin), interleaved_rotary_reference(k, cos, sin)
     q, k, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, cos, sin))
     B, S, H, D = q.shape
     q_out, k_out = torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(k, memory_format=torch.contiguous_format)

@@ -64,3 +64,12 @@ def test_bad_shapes_are_clear_errors():
         interleaved_rotary(q[..., :7], q[..., :7], cos[..., :7], sin[..., :7])
     with pytest.raises(ValueError, match="backend must be one of"):
         interleaved_rotary(q, q, cos, sin, backend="cuda")
+    with pytest.raises(ValueError, match="unsupported dtypes for the Triton rotary"):
+        interleaved_rotary(q, q, cos.double(), sin.double(), backend="triton")
+
+
+def test_auto_takes_the_reference_for_dtypes_triton_lacks():
+    cos, sin = wan_tables(2, 2, 2, 8)
+    q = torch.randn(1, 8, 2, 8)
+    out, _ = interleaved_rotary(q, q, cos.double(), sin.double())
+    assert out.dtype == q.dtype and torch.equal(out, interleaved_rotary_reference(q, cos.double(), sin.double()))
