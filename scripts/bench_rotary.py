@@ -1,9 +1,16 @@
-"""Wan's rotary embedding: diffusers' PyTorch ops against our one-pass Triton kernel, on a GPU.
+"""Rotary embeddings: diffusers' PyTorch ops against our one-pass Triton kernel, on a GPU.
 
-For each shape (Wan2.1-1.3B at 480p, Wan2.1-14B at 720p: one call's q and k, bf16, Wan's own
-float32 cos/sin tables from `WanRotaryPosEmbed`) it checks that the kernel's output equals
-diffusers' bit for bit, and times both for q and k together (CUDA events, median). Writes
-DIR/rotary_<gpu>.json and .md.
+For each shape (one self-attention call's q and k, bf16, with the model's own float32 cos/sin
+tables) it checks that the kernel's output equals diffusers' bit for bit, and times both for q
+and k together (CUDA events, median):
+
+- Wan2.1-1.3B at 480p and Wan2.1-14B at 720p: `WanRotaryPosEmbed`, against WanAttnProcessor's
+  rotary (convention "wan");
+- HunyuanVideo at 720p (video tokens) and FLUX.1-dev at 1024x1024 (512 text + 4096 image
+  tokens): `HunyuanVideoRotaryPosEmbed` / `FluxPosEmbed`, against diffusers' `apply_rotary_emb`
+  (convention "diffusers").
+
+Writes DIR/rotary_<gpu>.json and .md.
 
     python scripts/bench_rotary.py --out docs/results
 """
@@ -16,35 +23,66 @@ import sys
 from pathlib import Path
 
 import torch
+from diffusers import FluxPipeline
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from dit_sparse.kernels import interleaved_rotary, interleaved_rotary_reference
 from dit_sparse.timing import cuda_time, gpu_tag
 
-# name: (latent frames, height, width, heads, head dim); patch (1, 2, 2) already applied
+def wan_tables(frames, height, width):
+    """Wan's (1, S, 1, D) tables of a latent grid (patch (1, 2, 2) already applied)."""
+    rope = WanRotaryPosEmbed(128, (1, 1, 1), max_seq_len=1024).cuda()
+    return rope(torch.zeros(1, 1, frames, height, width, device="cuda"))
+
+
+def hunyuan_tables():
+    """HunyuanVideo's (S, D) tables at 720x1280x129 (latent 33 x 90 x 160, patch 2)."""
+    rope = HunyuanVideoRotaryPosEmbed(2, 1, [16, 56, 56], 256.0).cuda()
+    return rope(torch.zeros(1, 1, 33, 90, 160, device="cuda"))
+
+
+def flux_tables():
+    """FLUX.1-dev's (S, D) tables at 1024x1024: 512 text ids, then 64 x 64 image ids."""
+    ids = torch.cat([torch.zeros(512, 3), FluxPipeline._prepare_latent_image_ids(1, 64, 64, "cpu", torch.float32)])
+    return FluxPosEmbed(10000, [16, 56, 56])(ids.cuda())
+
+
+# name: (heads, convention, tables)
 SHAPES = {
-    "wan1.3b-480": (21, 30, 52, 12, 128),
-    "wan14b-720": (21, 45, 80, 40, 128),
+    "wan1.3b-480": (12, "wan", lambda: wan_tables(21, 30, 52)),
+    "wan14b-720": (40, "wan", lambda: wan_tables(21, 45, 80)),
+    "hunyuan-720": (24, "diffusers", hunyuan_tables),
+    "flux-1024": (24, "diffusers", flux_tables),
 }
 
 
 def run_shape(name: str) -> dict:
-    frames, height, width, heads, head_dim = SHAPES[name]
-    cos, sin = WanRotaryPosEmbed(head_dim, (1, 1, 1), max_seq_len=1024).cuda()(
-        torch.zeros(1, 1, frames, height, width, device="cuda"))
-    tokens = frames * height * width
+    heads, convention, make_tables = SHAPES[name]
+    cos, sin = make_tables()
+    if convention == "wan":
+        def stock_rotary(x):
+            return interleaved_rotary_reference(x, cos, sin)
+    else:
+        def stock_rotary(x):
+            return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+        cos, sin = cos[None, :, None], sin[None, :, None]
+    tokens, head_dim = cos.shape[1], cos.shape[3]
     gen = torch.Generator(device="cuda").manual_seed(0)
     # q and k as the processor has them: (B, S, H, D) views of the (B, S, H * D) projections
     q, k = (torch.randn(1, tokens, heads * head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
             .unflatten(2, (heads, head_dim)) for _ in range(2))
-    ours = interleaved_rotary(q, k, cos, sin)
-    stock = (interleaved_rotary_reference(q, cos, sin), interleaved_rotary_reference(k, cos, sin))
+    ours = interleaved_rotary(q, k, cos, sin, convention=convention)
+    stock = (stock_rotary(q), stock_rotary(k))
     equal = all(torch.equal(a, b) for a, b in zip(ours, stock, strict=True))
     mismatches = sum(int((a != b).sum()) for a, b in zip(ours, stock, strict=True))
-    stock_ms = cuda_time(lambda: (interleaved_rotary_reference(q, cos, sin), interleaved_rotary_reference(k, cos, sin)))
-    ours_ms = cuda_time(lambda: interleaved_rotary(q, k, cos, sin))
+    stock_ms = cuda_time(lambda: (stock_rotary(q), stock_rotary(k)))
+    ours_ms = cuda_time(lambda: interleaved_rotary(q, k, cos, sin, convention=convention))
     moved = 4 * q.numel() * q.element_size() + 2 * cos.numel() * cos.element_size()  # read q, k, tables; write 2
-    record = dict(shape=name, tokens=tokens, heads=heads, head_dim=head_dim, equal=equal, mismatches=mismatches,
+    record = dict(shape=name, convention=convention, tokens=tokens, heads=heads, head_dim=head_dim, equal=equal,
+                  mismatches=mismatches,
                   stock_ms=stock_ms, ours_ms=ours_ms, speedup=stock_ms / ours_ms,
                   ours_tb_per_s=moved / ours_ms / 1e9)
     print(f"[{name}] stock {stock_ms:.3f} ms, ours {ours_ms:.3f} ms ({record['speedup']:.1f}x, "
@@ -53,13 +91,15 @@ def run_shape(name: str) -> dict:
 
 
 def markdown(records, command, device) -> str:
-    lines = [f"# Wan's rotary embedding: diffusers' ops vs our Triton pass ({device})", "",
-             "q and k of one self-attention call, bf16, Wan's float32 tables; times for both tensors. "
+    lines = [f"# Rotary embeddings: diffusers' ops vs our Triton pass ({device})", "",
+             "q and k of one self-attention call, bf16, the model's own float32 tables; times for both tensors. "
+             "convention wan: WanAttnProcessor's rotary; diffusers: `apply_rotary_emb` (HunyuanVideo, Flux). "
              "equal: our output equals diffusers' bit for bit.", "",
-             "| shape | tokens x heads x dim | diffusers ms | ours ms | speed-up | ours TB/s | equal |",
-             "|---|---|---|---|---|---|---|"]
+             "| shape | convention | tokens x heads x dim | diffusers ms | ours ms | speed-up | ours TB/s | equal |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['shape']} | {r['tokens']} x {r['heads']} x {r['head_dim']} | {r['stock_ms']:.3f} | "
+        lines.append(f"| {r['shape']} | {r['convention']} | {r['tokens']} x {r['heads']} x {r['head_dim']} | "
+                     f"{r['stock_ms']:.3f} | "
                      f"{r['ours_ms']:.3f} | {r['speedup']:.1f}x | {r['ours_tb_per_s']:.2f} | "
                      f"{'yes' if r['equal'] else 'NO (%d values differ)' % r['mismatches']} |")
     lines += ["", f"Command: `{command}`"]

@@ -3,6 +3,7 @@ diffusers' own Wan rotary: equal bit for bit, on odd shapes, strided views and b
 
 import pytest
 import torch
+from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from dit_sparse.kernels import interleaved_rotary, interleaved_rotary_reference
@@ -73,3 +74,29 @@ def test_auto_takes_the_reference_for_dtypes_triton_lacks():
     q = torch.randn(1, 8, 2, 8)
     out, _ = interleaved_rotary(q, q, cos.double(), sin.double())
     assert out.dtype == q.dtype and torch.equal(out, interleaved_rotary_reference(q, cos.double(), sin.double()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_diffusers_convention_is_apply_rotary_emb(dtype):
+    """convention="diffusers" is diffusers' apply_rotary_emb (HunyuanVideo, Flux, CogVideoX), with
+    tables whose pair members differ (so no entry may stand in for its neighbour)."""
+    gen = torch.Generator().manual_seed(2)
+    S, D = 70, 24
+    angles = torch.rand(S, D, generator=gen) * 6.0
+    cos, sin = angles.cos(), angles.sin()
+    q, k = (torch.randn(2, S, 5, D, generator=gen).to(dtype) for _ in range(2))
+    tables = (cos[None, :, None], sin[None, :, None])
+    for x in (q, k):
+        expected = apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+        assert torch.equal(interleaved_rotary_reference(x, *tables, convention="diffusers"), expected)
+    got = interleaved_rotary(q, k, *tables, convention="diffusers", backend="triton")
+    for out, x in zip(got, (q, k), strict=True):
+        expected = apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+        if dtype == torch.bfloat16 and interpreting():  # see test_triton_equals_reference_bit_for_bit
+            torch.testing.assert_close(out, expected, atol=0, rtol=2.0 ** -7)
+        else:
+            assert torch.equal(out, expected)
+    wan = interleaved_rotary(q, k, *tables, convention="wan", backend="torch")[0]
+    assert not torch.equal(wan, got[0])  # the conventions differ on such tables
+    with pytest.raises(ValueError, match="convention must be one of"):
+        interleaved_rotary(q, k, *tables, convention="flux")

@@ -9,6 +9,7 @@ import torch
 
 from ..context_parallel import context_parallel_attention, ulysses_degree
 from ..geometry import TokenGrid
+from ..kernels import interleaved_rotary
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,14 @@ class SparseProcessor:
         if parallel is not None:
             return context_parallel_attention(query, key, value, self.runtime, self.layer, parallel)
         return self.runtime.attention(query, key, value, self.layer)
+
+
+def rotate_query_key(query, key, rotary_emb):
+    """(B, S, H, D) query and key rotated as diffusers' `apply_rotary_emb(x, rotary_emb,
+    sequence_dim=1)` rotates each, from its (S, D) cos and sin tables: one Triton pass over both
+    on the GPU, bit for bit the same result (kernels/rotary.py)."""
+    cos, sin = rotary_emb
+    return interleaved_rotary(query, key, cos[None, :, None], sin[None, :, None], convention="diffusers")
 
 
 def project_heads(attn, hidden_states, projections, norms):

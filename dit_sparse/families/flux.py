@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, SparseProcessor
+from .base import ModelFamily, SparseProcessor, rotate_query_key
 
 
 class SparseFluxAttnProcessor(SparseProcessor, FluxAttnProcessor):
@@ -43,8 +42,7 @@ class SparseFluxAttnProcessor(SparseProcessor, FluxAttnProcessor):
             key = torch.cat([encoder_key, key], dim=1)
             value = torch.cat([encoder_value, value], dim=1)
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            query, key = rotate_query_key(query, key, image_rotary_emb)
 
         grid = self.runtime.grid  # of the whole sequence; a rank under context parallelism holds a shard of it
         fits = attention_mask is None and grid is not None and query.shape[1] * self.sequence_shards == grid.num_tokens

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..geometry import TokenGrid
-from .base import ModelFamily, SparseProcessor, latent_grid, project_heads
+from .base import ModelFamily, SparseProcessor, latent_grid, project_heads, rotate_query_key
 
 
 def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
@@ -28,11 +27,11 @@ def _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
     query, key, value = project_heads(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
     if image_rotary_emb is not None:
         if attn.add_q_proj is None:
-            query = torch.cat([apply_rotary_emb(query[:, :-text], image_rotary_emb, sequence_dim=1), query[:, -text:]], dim=1)
-            key = torch.cat([apply_rotary_emb(key[:, :-text], image_rotary_emb, sequence_dim=1), key[:, -text:]], dim=1)
+            video_query, video_key = rotate_query_key(query[:, :-text], key[:, :-text], image_rotary_emb)
+            query = torch.cat([video_query, query[:, -text:]], dim=1)
+            key = torch.cat([video_key, key[:, -text:]], dim=1)
         else:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            query, key = rotate_query_key(query, key, image_rotary_emb)
     if attn.add_q_proj is not None:
         encoder_query, encoder_key, encoder_value = project_heads(
             attn, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
