@@ -66,8 +66,10 @@ def run_shape(name: str) -> dict:
         def stock_rotary(x):
             return interleaved_rotary_reference(x, cos, sin)
     else:
+        tables = (cos, sin)  # (S, D), as the processors receive them
+
         def stock_rotary(x):
-            return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+            return apply_rotary_emb(x, tables, sequence_dim=1)
         cos, sin = cos[None, :, None], sin[None, :, None]
     tokens, head_dim = cos.shape[1], cos.shape[3]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -76,6 +78,8 @@ def run_shape(name: str) -> dict:
             .unflatten(2, (heads, head_dim)) for _ in range(2))
     ours = interleaved_rotary(q, k, cos, sin, convention=convention)
     stock = (stock_rotary(q), stock_rotary(k))
+    if any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(ours, stock, strict=True)):
+        raise RuntimeError(f"[{name}] our output and diffusers' differ in shape or dtype")
     equal = all(torch.equal(a, b) for a, b in zip(ours, stock, strict=True))
     mismatches = sum(int((a != b).sum()) for a, b in zip(ours, stock, strict=True))
     stock_ms = cuda_time(lambda: (stock_rotary(q), stock_rotary(k)))
