@@ -4,7 +4,7 @@ Wan's attention rotates each pair (x[2i], x[2i+1]) of a head by the token's angl
 cos = cos[..., 2i] and sin = sin[..., 2i+1] of its (1, S, 1, D) float32 tables. diffusers does
 that with eight PyTorch ops per tensor (strided reads, products, strided writes); for Wan 1.3B at
 480p they take 1.7 ms a call on an H200, almost half the time of the sparse attention call they
-feed. The Triton kernel reads q, k and the tables once and writes both outputs (0.22 ms), with
+feed. The Triton kernel reads q, k and the tables once and writes both outputs (0.24 ms), with
 the same float32 arithmetic, rounded as PyTorch rounds it (no fused multiply-add), so its
 output equals the reference's bit for bit (docs/results/rotary_h200.md).
 
