@@ -438,6 +438,15 @@ def compose(config: SparseAttentionConfig, dense_s: float, profile_s: float, cac
 
 # ---- one model -------------------------------------------------------------------------------
 
+def measure_warmup(handle, step, t, config: SparseAttentionConfig, layers: int, repeats, device) -> float:
+    """A dense warm-up step through our processors (every layer dense; HunyuanVideo's attend the
+    valid tokens unmasked, Wan's apply the one-pass RoPE): median seconds over `repeats`, after
+    an untimed step. Leaves the handle on that all-dense config."""
+    handle.set_config(dataclasses.replace(measurement_config(config), dense_layers=layers))
+    step(t)
+    return statistics.median(timed(lambda: step(t), device) for _ in range(repeats))
+
+
 def measure_sparse(handle, step, first_call, t0, t1, repeats, device, expected_profiles) -> dict:
     """Profiling step (after a reset) and cached step (the next), median over `repeats`."""
     handle.reset()
@@ -531,11 +540,7 @@ def run_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> lis
                 loops[name] = timed(loop, device)
                 loop_profiles[name] = handle.stats()["num_profiles"]
                 progress(f"full loop {name}: {loops[name]:.1f} s")
-        # a warm-up (dense) step through our processors: the stock call for most families, the
-        # unmasked call over the valid tokens for HunyuanVideo
-        handle.set_config(dataclasses.replace(measurement_config(configs["svg"]), dense_layers=layers))
-        step(t0)
-        warmup_s = statistics.median(timed(lambda: step(t0), device) for _ in range(repeats))
+        warmup_s = measure_warmup(handle, step, t0, configs["svg"], layers, repeats, device)
         progress(f"dense step through dit_sparse {warmup_s:.3f} s")
         trace = None
         if args.trace and device.type == "cuda":

@@ -16,9 +16,9 @@ Four runs, in this order on the same ranks:
   sequence for 12/N heads).
 
 Times are per denoising step, the median of --repeats, the slowest rank's: the dense step, and
-for sparse runs the profiling step and the cached step (as bench_e2e.py); 50-step totals are
-composed as there (n_dense x dense + n_profile x profile + n_cached x cached, the dense steps
-at the dense run's time of the same GPU count), speed-ups are over 1gpu-dense.
+for sparse runs the profiling step, the cached step and a dense warm-up step through our
+processors (as bench_e2e.py); 50-step totals are composed as there (n_dense x warm-up +
+n_profile x profile + n_cached x cached), speed-ups are over 1gpu-dense.
 Equality: the first call's output of two steps (step 1: the sparse runs profile; step 2: they
 re-use those plans), N GPUs against one, sparse against sparse and (for comparison) dense against
 dense: relative L2 error and maximum error, "equal" when the relative L2 error is within 2^-7
@@ -186,11 +186,14 @@ def run(args, rank: int, world: int, device: torch.device, dtype: torch.dtype) -
         plans = plan_patterns(handle)
         expected = (layers - sparse.dense_layers) * len(calls)
         m = e2e.measure_sparse(handle, step, first_call, t0, t1, args.repeats, device, expected)
+        warmup_s = e2e.measure_warmup(handle, step, t0, sparse, layers, args.repeats, device)
         dit_sparse.remove(model)
         times = dict(profile_s_per_step=slowest(m["profile_s"], device),
-                     cached_s_per_step=slowest(m["cached_s"], device), mean_density=m["mean_density"])
+                     cached_s_per_step=slowest(m["cached_s"], device),
+                     warmup_s_per_step=slowest(warmup_s, device), mean_density=m["mean_density"])
         log(f"{name}: profiling step {times['profile_s_per_step']:.3f} s, cached step "
-            f"{times['cached_s_per_step']:.3f} s, density {m['mean_density']:.3f}")
+            f"{times['cached_s_per_step']:.3f} s, warm-up step {times['warmup_s_per_step']:.3f} s, "
+            f"density {m['mean_density']:.3f}")
         return times, outputs, plans
 
     runs, outputs = {}, {}
@@ -208,7 +211,7 @@ def run(args, rank: int, world: int, device: torch.device, dtype: torch.dtype) -
         if name.endswith("dense"):
             r.update(total_s=e2e.STEPS * dense_s, n_dense_steps=e2e.STEPS)
         else:
-            total = e2e.compose(sparse, dense_s, r["profile_s_per_step"], r["cached_s_per_step"])
+            total = e2e.compose(sparse, r["warmup_s_per_step"], r["profile_s_per_step"], r["cached_s_per_step"])
             r.update(total_s=total.pop("total_sparse_s"), **total, dense_s_per_step=dense_s)
     for r in runs.values():
         r["speedup_vs_1gpu_dense"] = runs["1gpu-dense"]["total_s"] / r["total_s"]
@@ -242,13 +245,15 @@ def markdown(record: dict) -> str:
         f"random weights; cond + uncond calls per step. Sparse settings `{record['config']}`: {s['dense_steps']} dense "
         f"steps of {record['steps']}, {s['dense_layers']} dense layer(s), density {s['density']}, refresh every "
         f"{s['refresh_every']}. Times per step: median of {record['repeats']}, slowest rank; {record['steps']}-step "
-        "totals composed from dense, profiling and cached steps (scripts/bench_multigpu.py).", "",
-        "| run | dense s/step | profile s/step | cached s/step | density | 50 steps s | speed-up over 1 GPU dense |",
-        "|---|---|---|---|---|---|---|",
+        "totals composed from warm-up, profiling and cached steps (scripts/bench_multigpu.py).", "",
+        "| run | dense s/step | warm-up s/step | profile s/step | cached s/step | density | 50 steps s | "
+        "speed-up over 1 GPU dense |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in record["runs"].items():
         sparse = "profile_s_per_step" in r
-        cells = [f"{r['dense_s_per_step']:.3f}", f"{r['profile_s_per_step']:.3f}" if sparse else "-",
+        cells = [f"{r['dense_s_per_step']:.3f}", f"{r['warmup_s_per_step']:.3f}" if sparse else "-",
+                 f"{r['profile_s_per_step']:.3f}" if sparse else "-",
                  f"{r['cached_s_per_step']:.3f}" if sparse else "-", f"{r['mean_density']:.3f}" if sparse else "1.000"]
         lines.append(f"| {name} | {' | '.join(cells)} | {r['total_s']:.1f} | {r['speedup_vs_1gpu_dense']:.2f}x |")
     lines += ["", f"## {n} GPUs against one: the first call's output (equal: relative L2 error <= 2^-7)", "",

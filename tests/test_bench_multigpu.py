@@ -66,6 +66,9 @@ def test_tiny_run_on_two_cpu_ranks(tmp_path):
     assert record["runs"]["1gpu-dense"]["speedup_vs_1gpu_dense"] == 1.0
     sparse = record["runs"]["2gpu-sparse"]
     assert 0 < sparse["mean_density"] < 0.9 and sparse["n_dense_steps"] == record["sparse_settings"]["dense_steps"]
+    assert sparse["total_s"] == pytest.approx(  # dense steps at the warm-up step through our processors
+        sparse["n_dense_steps"] * sparse["warmup_s_per_step"] + sparse["n_profile_steps"] * sparse["profile_s_per_step"]
+        + sparse["n_cached_steps"] * sparse["cached_s_per_step"])
     for comparison in ("2gpu-sparse vs 1gpu-sparse", "2gpu-dense vs 1gpu-dense"):
         for c in record["equality"][comparison].values():
             assert c["equal"] and c["rel_l2"] < 1e-5  # float32 on the CPU: equal to rounding
