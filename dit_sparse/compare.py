@@ -108,6 +108,30 @@ def compare(pipe, spec: PipelineSpec, *, prompts: list[str], seeds: list[int],
     return report
 
 
+def merge_reports(reports: list[dict], out_dir: Path, meta: dict | None = None) -> dict:
+    """One report from reports of the same prompts and configs over different seeds (shards of
+    one comparison run side by side); the first report's folder holds the videos and per-layer
+    statistics. Summary and plots are recomputed over all runs; `meta` updates the first
+    report's; writes report.json / .md."""
+    first = reports[0]
+    for other in reports[1:]:
+        if other["configs"] != first["configs"] or other["meta"]["prompts"] != first["meta"]["prompts"]:
+            raise ValueError("reports to merge must share their prompts and configs")
+    seeds = [seed for r in reports for seed in r["meta"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"reports to merge must cover different seeds, got {seeds}")
+    # stable sort: each report lists a prompt's seeds in order and, within one seed, the presets in order
+    runs = sorted((run for r in reports for run in r["runs"]), key=lambda run: (run["prompt_index"], seeds.index(run["seed"])))
+    summary = _summarise(runs, first["meta"]["presets"])
+    out_dir = Path(out_dir)
+    plots = _plots(first["stats"], summary, out_dir)
+    report = dict(first, meta=dict(first["meta"], **(meta or {}), seeds=seeds), summary=summary, runs=runs,
+                  files=dict(videos=first["files"]["videos"], plots=plots))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "report.md").write_text(markdown(report))
+    return report
+
+
 def _record(name, p, prompt, seed, result, reference, lpips) -> dict:
     value = quality.psnr(result.frames, reference)
     return dict(

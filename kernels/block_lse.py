@@ -10,6 +10,7 @@ rows x S score matrix in memory on the Triton path.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -55,12 +56,14 @@ def sampled_block_lse_reference(q_rows, k, *, block_size=128, scale=None, order:
 def _block_lse_kernel(
     Q, K, OUT,
     sqb, sqh, sqn, skb, skh, sks, sob, soh, sol, son,
-    H, N, S, qk_scale, VSTART, FRAMES, POSITIONS,
+    H, N, S, NB, qk_scale, VSTART, FRAMES, POSITIONS,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """One program per (key block, batch x head, layout): all sampled rows against that block.
-    Layout 0 reads keys in native order, layout 1 through the position-major index map."""
+    """One program per (run of BLOCKS_PER_PROGRAM key blocks, batch x head, layout): the
+    sampled rows are loaded once and scored against every block of the run, whose key loads
+    are pipelined. Layout 0 reads keys in native order, layout 1 through the position-major
+    index map."""
     pid_j = tl.program_id(0)
     pid_bh = tl.program_id(1)
     layout = tl.program_id(2)
@@ -70,26 +73,54 @@ def _block_lse_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + offs_d[None, :], mask=(rows < N)[:, None] & d_ok[None, :], other=0.0)
-    m_i = tl.full([BLOCK_Q], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_Q], tl.float32)
-    for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
-        cols = pid_j * BLOCK_SIZE + sub * BLOCK_N + tl.arange(0, BLOCK_N)
-        key_rows = tl.minimum(native_rows(cols, layout, VSTART, FRAMES, POSITIONS), S - 1).to(tl.int64)
-        k = tl.load(K + b * skb + h * skh + key_rows[:, None] * sks + offs_d[None, :], mask=d_ok[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale + tl.where(cols < S, 0.0, float("-inf"))[None, :]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
-        m_i = m_new
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # log2 -> natural log
-    tl.store(OUT + b * sob + h * soh + layout * sol + rows * son + pid_j, lse, mask=rows < N)
+    k_base = K + b * skb + h * skh
+    out_base = OUT + b * sob + h * soh + layout * sol + rows * son
+    for i in tl.range(0, BLOCKS_PER_PROGRAM, num_stages=NUM_STAGES):
+        j = pid_j * BLOCKS_PER_PROGRAM + i
+        m_i = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_Q], tl.float32)
+        for sub in tl.static_range(BLOCK_SIZE // BLOCK_N):
+            cols = j * BLOCK_SIZE + sub * BLOCK_N + tl.arange(0, BLOCK_N)
+            key_rows = tl.minimum(native_rows(cols, layout, VSTART, FRAMES, POSITIONS), S - 1).to(tl.int64)
+            k = tl.load(k_base + key_rows[:, None] * sks + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale + tl.where(cols < S, 0.0, float("-inf"))[None, :]
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+            m_i = m_new
+        lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # log2 -> natural log
+        tl.store(out_base + j, lse, mask=(rows < N) & (rows * 0 + j < NB))
 
 
-def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrder | None = None, backend="auto"):
+@dataclass(frozen=True)
+class LseConfig:
+    """Launch shape of `_block_lse_kernel`. blocks_per_program=None picks it from the size."""
+
+    blocks_per_program: int | None = None
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def per_program(self, num_blocks: int, programs_per_block: int) -> int:
+        """Key blocks one program scores: enough to amortise loading the sampled rows and to
+        pipeline the key loads, while leaving a few waves of programs to fill the GPU."""
+        if self.blocks_per_program is not None:
+            if self.blocks_per_program < 1:
+                raise ValueError(f"blocks_per_program must be >= 1, got {self.blocks_per_program}")
+            return self.blocks_per_program
+        per = 1
+        while per < 8 and triton.cdiv(num_blocks, per * 2) * programs_per_block >= 2048:
+            per *= 2
+        return per
+
+
+def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrder | None = None, backend="auto",
+                      config: LseConfig | None = None):
     """(B, H, L, N, nb) float32: log-sum-exp of scale * q_rows . k over the keys of each block.
 
     q_rows: (B, H, N, D), a few query rows (N up to a few hundred); k: (B, H, S, D) with a
     contiguous last dim. Layouts: L = 1 (blocks of the native order) without `order`; L = 2 with
-    it, the second being the blocks of the position-major order of `order`. One launch.
+    it, the second being the blocks of the position-major order of `order`. One launch,
+    shaped by `config` (default `LseConfig()`).
     """
     check_backend(backend)
     _check(q_rows, k, block_size, order)
@@ -105,11 +136,14 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
     layouts = 1 if order is None else 2
     out = torch.empty(B, H, layouts, N, nb, dtype=torch.float32, device=k.device)
     o = order or TokenOrder(1, 1)
-    _block_lse_kernel[(nb, B * H, layouts)](
+    config = config or LseConfig()
+    per = config.per_program(nb, B * H * layouts)
+    _block_lse_kernel[(triton.cdiv(nb, per), B * H, layouts)](
         q_rows, k, out,
         *q_rows.stride()[:3], *k.stride()[:3], *out.stride()[:4],
-        H, N, S, scale * LOG2E, o.video_start, o.frames, o.positions,
+        H, N, S, nb, scale * LOG2E, o.video_start, o.frames, o.positions,
         D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_Q=max(16, triton.next_power_of_2(N)),
-        BLOCK_N=min(64, block_size), BLOCK_SIZE=block_size, num_warps=4, num_stages=2,
+        BLOCK_N=min(config.block_n, block_size), BLOCK_SIZE=block_size, BLOCKS_PER_PROGRAM=per,
+        NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )
     return out

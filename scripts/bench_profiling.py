@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 
 from dit_sparse import SparseAttentionConfig, TokenGrid, profile_heads
 from dit_sparse.kernels import block_sparse_attention, block_sparse_attention_reference
+from dit_sparse.kernels.block_lse import LseConfig, sampled_block_lse, sampled_block_lse_reference
 from dit_sparse.kernels.reorder import reorder_flagged_heads
 from dit_sparse.profiling import HeadPlan, make_bank
 from dit_sparse.timing import cuda_time, gpu_tag
@@ -61,6 +63,28 @@ def per_call(fn, calls=4) -> float:
     """Milliseconds per call of `calls` back-to-back calls: the GPU's time, with the host's
     launch work hidden behind the queued calls as in a pipeline."""
     return cuda_time(lambda: [fn() for _ in range(calls)]) / calls
+
+
+def lse_sweep(q, k, grid, bank):
+    """Time the block-mass kernel of profiling over launch shapes, and check the default one."""
+    rows = q.index_select(2, bank.sample_rows)
+    default = LseConfig()
+    records = []
+    for per in (1, 2, 4, 8):
+        for block_n in (64, 128):
+            for stages in (2, 3):
+                config = LseConfig(per, block_n, 4, stages)
+                ms = per_call(lambda: sampled_block_lse(rows, k, order=grid.order, config=config))
+                records.append(dict(config=asdict(config), ms=ms))
+    out = sampled_block_lse(rows, k, order=grid.order)
+    ref = sampled_block_lse_reference(rows, k, order=grid.order)
+    nb = ref.shape[-1]
+    return dict(
+        default=dict(asdict(default), blocks_per_program=default.per_program(nb, 2 * q.shape[0] * q.shape[1])),
+        default_ms=per_call(lambda: sampled_block_lse(rows, k, order=grid.order)),
+        max_abs_err=float((out - ref).abs().max()),
+        sweep=records,
+    )
 
 
 def run_shape(name):
@@ -103,6 +127,12 @@ def run_shape(name):
     events = prof.key_averages()
     print(events.table(sort_by="device_time_total", row_limit=12, max_name_column_width=40), flush=True)
     profile_gpu_ms = sum(e.self_device_time_total for e in events) / 1000.0
+    breakdown = sorted(((e.key, e.self_device_time_total / 1000.0) for e in events if e.self_device_time_total > 0),
+                       key=lambda kv: -kv[1])
+    lse = lse_sweep(q, k, grid, adaptive_bank)
+    best = min(lse["sweep"], key=lambda r: r["ms"])
+    print(f"{name}: block-mass kernel {lse['default_ms']:.4f} ms with the default {lse['default']}, "
+          f"best {best['ms']:.4f} ms with {best['config']}, max err {lse['max_abs_err']:.2e}", flush=True)
 
     rows = slice(0, 1024)  # correctness on a slice of query rows (full key range)
     out = plan.attend(q, k, v)
@@ -118,6 +148,7 @@ def run_shape(name):
         profile_gpu_ms=profile_gpu_ms, gpu_fraction=profile_gpu_ms / sparse_ms, added_ms=both_ms - two_ms, profile_fraction=profile_ms / sparse_ms,
         added_fraction=(both_ms - two_ms) / sparse_ms, bank_build_s=bank_s, adaptive_bank_build_s=adaptive_bank_s,
         cached_call_syncs=synced, profile_syncs=profile_synced, max_abs_err=err, density=plan.mean_density,
+        profile_gpu_breakdown=breakdown, block_mass_kernel=lse,
     )
     print(f"{name}: " + ", ".join(f"{k_}={v_:.4g}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in record.items()), flush=True)
     del q, k, v
@@ -140,8 +171,11 @@ def markdown(records, command, device):
         "spatial-only = every head spatial, through the same call (temporal flags all off); "
         "unflagged = the same without `order=` (a kernel compiled without the flag check). "
         "reorder = the position-major pass over the temporal heads of q, k, v alone.", "",
-        "| shape | sparse ms | spatial-only ms | unflagged ms | reorder ms | reorder / sparse | profile alone ms | profile (fixed) ms | profile GPU ms | GPU / sparse | added ms | added / sparse | cached call syncs | profiling syncs | bank build s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "block-mass kernel = the one launch of profiling that reads K (both layouts), with its "
+        "default launch shape; best = the fastest of the launch shapes swept in the same run "
+        "(key blocks per program, key tile, pipeline stages; in the JSON).", "",
+        "| shape | sparse ms | spatial-only ms | unflagged ms | reorder ms | reorder / sparse | profile alone ms | profile (fixed) ms | profile GPU ms | GPU / sparse | added ms | added / sparse | block-mass kernel ms | best swept ms | cached call syncs | profiling syncs | bank build s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
@@ -149,6 +183,7 @@ def markdown(records, command, device):
             f"{r['reorder_ms']:.3f} | {r['reorder_fraction']:.1%} | "
             f"{r['profile_ms']:.3f} | {r['profile_fixed_ms']:.3f} | {r['profile_gpu_ms']:.3f} | {r['gpu_fraction']:.1%} | "
             f"{r['added_ms']:.3f} | {r['added_fraction']:.1%} | "
+            f"{r['block_mass_kernel']['default_ms']:.3f} | {min(x['ms'] for x in r['block_mass_kernel']['sweep']):.3f} | "
             f"{'yes' if r['cached_call_syncs'] else 'no'} | {'yes' if r['profile_syncs'] else 'no'} | "
             f"{r['adaptive_bank_build_s']:.2f} |"
         )

@@ -5,7 +5,7 @@ Runs `dit_sparse.compare.compare` once over all variants (dense is generated onc
 and seed), then writes quality_demo.json / .md and the plots PSNR-against-density and the
 balanced preset's head-kind map into --out, beside the compare folder (videos, per-run data).
 
-    python scripts/quality_study.py --out docs/results --seeds 0,1 --steps 20
+    python scripts/quality_study.py --out docs/results --seeds 0,1,2,3 --steps 20 --workers 4
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch  # noqa: E402
 from dit_sparse import SparseAttentionConfig  # noqa: E402
 from dit_sparse import generation as gen  # noqa: E402
 from dit_sparse import quality  # noqa: E402
-from dit_sparse.compare import _fmt, compare  # noqa: E402
+from dit_sparse.compare import _fmt, compare, merge_reports  # noqa: E402
 from dit_sparse.demo import STUDY_PROMPTS  # noqa: E402
 from dit_sparse.media import writer_missing  # noqa: E402
 
@@ -75,7 +76,9 @@ def markdown(result: dict) -> str:
         f"{len(m['seeds'])} seeds; {m['num_frames']} frames at {m['height']}x{m['width']}, {m['steps']} steps, "
         f"guidance {m['guidance_scale']}. Each variant starts from the same prompt and seed as dense; PSNR and SSIM "
         "are per frame against dense, averaged over frames, prompts and seeds. Speed-ups on this small model "
-        "(2304 tokens) say little about real sizes: see e2e_h100.md.", "",
+        "(2304 tokens) say little about real sizes: see e2e_h100.md and e2e_h200.md."
+        + (f" The seeds ran in {m['processes']} processes sharing the GPU, so the speed-ups were measured under "
+           "contention." if m.get("processes", 1) > 1 else ""), "",
         "| variant | dense_steps | refresh_every | recall | density | mean density | PSNR dB | min PSNR dB | SSIM | speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -98,21 +101,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="pipeline folder (default: the bundled demo model)")
-    ap.add_argument("--out", type=Path, default=Path("docs/results"))
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--prompts", type=int, default=len(STUDY_PROMPTS), help="first N of the study prompts")
-    ap.add_argument("--steps", type=int, default=gen.DEMO_DEFAULTS["steps"])
-    ap.add_argument("--num-frames", type=int, default=gen.DEMO_DEFAULTS["num_frames"])
-    ap.add_argument("--height", type=int, default=gen.DEMO_DEFAULTS["height"])
-    ap.add_argument("--width", type=int, default=gen.DEMO_DEFAULTS["width"])
-    ap.add_argument("--block-size", type=int, help="override every variant's block size (small CPU runs)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
-    args = ap.parse_args(argv)
+def seed_groups(seeds: list[int], workers: int) -> list[list[int]]:
+    """The seeds split round-robin over at most `workers` processes."""
+    return [group for group in (seeds[i::workers] for i in range(workers)) if group]
 
+
+def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
+    """Dense and every variant for the study prompts and these seeds, in this process."""
     device, warning = gen.pick_device(args.device)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -127,17 +122,69 @@ def main(argv=None):
         negative_prompt="",
     )
     gen.check_request(pipe, spec, request)
-    fixed = {"block_size": args.block_size} if args.block_size else {}
-    named = variants(**fixed)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    prompts = list(STUDY_PROMPTS[: args.prompts])
-    command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    folder = args.out / "quality_demo_runs"
     video_suffix = ".gif" if writer_missing(Path("side_by_side.mp4")) else ".mp4"
-    report = compare(pipe, spec, prompts=prompts, seeds=seeds, configs={n: c for n, (_, c) in named.items()},
-                     request=request, out_dir=folder, shown=["quality", "balanced", "fast"], video_suffix=video_suffix,
-                     meta=dict(model=str(path), command=command))
+    return compare(pipe, spec, prompts=list(STUDY_PROMPTS[: args.prompts]), seeds=seeds,
+                   configs={n: c for n, (_, c) in study_variants(args).items()}, request=request, out_dir=folder,
+                   shown=["quality", "balanced", "fast"], video_suffix=video_suffix,
+                   meta=dict(model=str(path), command=command, dtype=str(dtype).replace("torch.", "")))
 
+
+def study_variants(args):
+    return variants(**({"block_size": args.block_size} if args.block_size else {}))
+
+
+def run_shards(args, groups: list[list[int]], folder: Path, command: str) -> dict:
+    """One process per seed group on the same device (the demo model leaves a GPU mostly idle,
+    so this multiplies throughput), then one report over all runs. The first group writes into
+    `folder` (its side-by-side videos are kept); the others into shard folders, removed after."""
+    shared = ["--out", str(args.out), "--prompts", str(args.prompts), "--steps", str(args.steps),
+              "--num-frames", str(args.num_frames), "--height", str(args.height), "--width", str(args.width),
+              "--device", args.device, "--dtype", args.dtype]
+    shared += ["--model", args.model] if args.model else []
+    shared += ["--block-size", str(args.block_size)] if args.block_size else []
+    folders = [folder] + [folder / f"shard{i}" for i in range(1, len(groups))]
+    procs = [
+        subprocess.Popen([sys.executable, __file__, *shared, "--seeds", ",".join(map(str, group)), "--shard-dir", str(f)])
+        for group, f in zip(groups, folders)
+    ]
+    if failed := [group for group, proc in zip(groups, procs) if proc.wait() != 0]:
+        sys.exit(f"the study's processes for seeds {failed} failed (their errors are above)")
+    reports = [json.loads((f / "report.json").read_text()) for f in folders]
+    report = merge_reports(reports, folder, meta=dict(command=command, processes=len(groups)))
+    for f in folders[1:]:
+        shutil.rmtree(f)
+    return report
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="pipeline folder (default: the bundled demo model)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--prompts", type=int, default=len(STUDY_PROMPTS), help="first N of the study prompts")
+    ap.add_argument("--steps", type=int, default=gen.DEMO_DEFAULTS["steps"])
+    ap.add_argument("--num-frames", type=int, default=gen.DEMO_DEFAULTS["num_frames"])
+    ap.add_argument("--height", type=int, default=gen.DEMO_DEFAULTS["height"])
+    ap.add_argument("--width", type=int, default=gen.DEMO_DEFAULTS["width"])
+    ap.add_argument("--block-size", type=int, help="override every variant's block size (small CPU runs)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes sharing the device, each over a share of the seeds (speed-ups are then measured under contention)")
+    ap.add_argument("--shard-dir", type=Path, help=argparse.SUPPRESS)  # a worker of --workers: compare only, into this folder
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.shard_dir is not None:
+        run_compare(args, seeds, args.shard_dir, command)
+        return
+    folder = args.out / "quality_demo_runs"
+    groups = seed_groups(seeds, args.workers)
+    report = run_shards(args, groups, folder, command) if len(groups) > 1 else run_compare(args, seeds, folder, command)
+
+    named = study_variants(args)
     rows = {}
     for name, (group, config) in named.items():
         s = report["summary"][name]
@@ -148,10 +195,11 @@ def main(argv=None):
     balanced = quality.from_json(rows["balanced"]["psnr"])
     fresh, cached = quality.from_json(rows["refresh_1"]["psnr"]), quality.from_json(rows["refresh_5"]["psnr"])
     loss = 0.0 if fresh == cached else fresh - cached
+    meta = report["meta"]
     result = dict(
-        meta=dict(command=command, device=report["meta"]["device"], dtype=str(dtype).replace("torch.", ""),
-                  prompts=prompts, seeds=seeds, steps=args.steps, num_frames=args.num_frames, height=args.height,
-                  width=args.width, guidance_scale=request.guidance_scale, torch=torch.__version__),
+        meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=len(groups),
+                  prompts=meta["prompts"], seeds=seeds, steps=args.steps, num_frames=args.num_frames, height=args.height,
+                  width=args.width, guidance_scale=meta["request"]["guidance_scale"], torch=torch.__version__),
         variants=rows,
         targets=dict(balanced_psnr=quality.finite_or_inf(balanced), balanced_met=balanced >= TARGET_PSNR, cache_loss_db=quality.finite_or_inf(loss),
                      cache_met=loss <= TARGET_CACHE_LOSS),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dit_sparse.kernels import TokenOrder, sampled_block_lse, sampled_block_lse_reference
+from dit_sparse.kernels.block_lse import LseConfig
 
 
 @pytest.mark.parametrize("S,D,N,block_size", [(333, 64, 7, 16), (200, 128, 33, 64), (261, 40, 16, 128)])
@@ -39,3 +40,21 @@ def test_shape_errors():
         sampled_block_lse(q, k)
     with pytest.raises(ValueError, match="order describes"):
         sampled_block_lse(q, k[:, :2], order=TokenOrder(3, 3))
+
+
+@pytest.mark.parametrize("config", [LseConfig(blocks_per_program=3, num_stages=2), LseConfig(blocks_per_program=8, block_n=16)])
+def test_programs_scoring_several_blocks_match_reference(config):
+    """A program's run of key blocks may pass the last block (nb = 7 here): those are not written."""
+    gen = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 2, 5, 32, generator=gen), torch.randn(1, 2, 7 * 32 - 11, 32, generator=gen)
+    order = TokenOrder(3, 71)
+    out = sampled_block_lse(q, k, block_size=32, order=order, backend="triton", config=config)
+    torch.testing.assert_close(out, sampled_block_lse_reference(q, k, block_size=32, order=order), atol=1e-4, rtol=1e-4)
+
+
+def test_launch_shape():
+    assert LseConfig().per_program(num_blocks=8, programs_per_block=6) == 1  # small: one block each
+    assert LseConfig().per_program(num_blocks=928, programs_per_block=48) == 8  # HunyuanVideo 720p
+    assert LseConfig(blocks_per_program=2).per_program(928, 48) == 2
+    with pytest.raises(ValueError, match="blocks_per_program"):
+        LseConfig(blocks_per_program=0).per_program(8, 6)
