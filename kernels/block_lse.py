@@ -93,24 +93,23 @@ def _block_lse_kernel(
 
 @dataclass(frozen=True)
 class LseConfig:
-    """Launch shape of `_block_lse_kernel`. blocks_per_program=None picks it from the size."""
+    """Launch shape of `_block_lse_kernel`; None fields are picked from the size (`resolve`)."""
 
     blocks_per_program: int | None = None
-    block_n: int = 64
+    block_n: int | None = None
     num_warps: int = 4
     num_stages: int = 3
 
-    def per_program(self, num_blocks: int, programs_per_block: int) -> int:
-        """Key blocks one program scores: enough to amortise loading the sampled rows and to
-        pipeline the key loads, while leaving a few waves of programs to fill the GPU."""
-        if self.blocks_per_program is not None:
-            if self.blocks_per_program < 1:
-                raise ValueError(f"blocks_per_program must be >= 1, got {self.blocks_per_program}")
-            return self.blocks_per_program
-        per = 1
-        while per < 8 and triton.cdiv(num_blocks, per * 2) * programs_per_block >= 2048:
-            per *= 2
-        return per
+    def resolve(self, num_blocks: int, programs_per_block: int) -> "LseConfig":
+        """Swept on an H200 (docs/results/profiling_h200.json): one key block per program in
+        64-key tiles while that launches fewer than 16k programs (Wan 480p: 6k); beyond, runs
+        of 8 blocks in 128-key tiles, which halve the programs' fixed cost (HunyuanVideo 720p)."""
+        if self.blocks_per_program is not None and self.blocks_per_program < 1:
+            raise ValueError(f"blocks_per_program must be >= 1, got {self.blocks_per_program}")
+        large = num_blocks * programs_per_block >= 16384
+        per = self.blocks_per_program or (8 if large else 1)
+        block_n = self.block_n or (128 if large else 64)
+        return LseConfig(per, block_n, self.num_warps, self.num_stages)
 
 
 def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrder | None = None, backend="auto",
@@ -136,8 +135,8 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
     layouts = 1 if order is None else 2
     out = torch.empty(B, H, layouts, N, nb, dtype=torch.float32, device=k.device)
     o = order or TokenOrder(1, 1)
-    config = config or LseConfig()
-    per = config.per_program(nb, B * H * layouts)
+    config = (config or LseConfig()).resolve(nb, B * H * layouts)
+    per = config.blocks_per_program
     _block_lse_kernel[(triton.cdiv(nb, per), B * H, layouts)](
         q_rows, k, out,
         *q_rows.stride()[:3], *k.stride()[:3], *out.stride()[:4],

@@ -80,7 +80,7 @@ def lse_sweep(q, k, grid, bank):
     ref = sampled_block_lse_reference(rows, k, order=grid.order)
     nb = ref.shape[-1]
     return dict(
-        default=dict(asdict(default), blocks_per_program=default.per_program(nb, 2 * q.shape[0] * q.shape[1])),
+        default=asdict(default.resolve(nb, 2 * q.shape[0] * q.shape[1])),
         default_ms=per_call(lambda: sampled_block_lse(rows, k, order=grid.order)),
         max_abs_err=float((out - ref).abs().max()),
         sweep=records,

@@ -53,8 +53,8 @@ def test_programs_scoring_several_blocks_match_reference(config):
 
 
 def test_launch_shape():
-    assert LseConfig().per_program(num_blocks=8, programs_per_block=6) == 1  # small: one block each
-    assert LseConfig().per_program(num_blocks=928, programs_per_block=48) == 8  # HunyuanVideo 720p
-    assert LseConfig(blocks_per_program=2).per_program(928, 48) == 2
+    assert LseConfig().resolve(num_blocks=256, programs_per_block=24) == LseConfig(1, 64)  # Wan 480p
+    assert LseConfig().resolve(num_blocks=929, programs_per_block=48) == LseConfig(8, 128)  # HunyuanVideo 720p
+    assert LseConfig(blocks_per_program=2).resolve(929, 48) == LseConfig(2, 128)
     with pytest.raises(ValueError, match="blocks_per_program"):
-        LseConfig(blocks_per_program=0).per_program(8, 6)
+        LseConfig(blocks_per_program=0).resolve(8, 6)
