@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -47,6 +48,17 @@ def variants(**fixed) -> dict[str, tuple[str, SparseAttentionConfig]]:
     for density in (0.15, 0.25, 0.35):  # Sparse VideoGen: fixed density, re-classify at every step
         out[f"density_{density}"] = ("fixed density", replace(base, density=density, refresh_every=1))
     return out
+
+
+def paired_loss(report: dict, reference: str, variant: str) -> dict:
+    """Per clip (prompt, seed), reference PSNR minus variant PSNR: mean, its standard error,
+    median, and how many clips moved by more than 3 dB either way (diverged trajectories)."""
+    psnr = {(r["prompt_index"], r["seed"], r["preset"]): quality.from_json(r["psnr"]) for r in report["runs"]}
+    diffs = np.array([psnr[p, s, reference] - psnr[p, s, variant] for p, s, name in psnr if name == reference])
+    finite = diffs[np.isfinite(diffs)]
+    return dict(clips=len(diffs), mean=float(finite.mean()), sem=float(finite.std(ddof=1) / np.sqrt(len(finite))),
+                median=float(np.median(finite)), worse_by_3db=int((finite > 3).sum()), better_by_3db=int((finite < -3).sum()),
+                mean_without_3db_moves=float(finite[np.abs(finite) <= 3].mean()))
 
 
 def plot_psnr_vs_density(rows: dict, path: Path):
@@ -95,6 +107,11 @@ def markdown(result: dict) -> str:
         f"{'met' if t['balanced_met'] else 'MISSED'}",
         f"- caching (refresh_every 5) loses at most {TARGET_CACHE_LOSS} dB against refresh_every 1: "
         f"{_fmt(t['cache_loss_db'])} dB, {'met' if t['cache_met'] else 'MISSED'}",
+        f"  - per clip (refresh_1 minus refresh_5 over {t['cache_paired']['clips']} clips): mean "
+        f"{t['cache_paired']['mean']:.2f} ± {t['cache_paired']['sem']:.2f} dB (standard error), median "
+        f"{t['cache_paired']['median']:.2f} dB; {t['cache_paired']['worse_by_3db']} clips lost more than 3 dB and "
+        f"{t['cache_paired']['better_by_3db']} gained more than 3 dB; the mean over the other clips is "
+        f"{t['cache_paired']['mean_without_3db_moves']:.2f} dB",
         "", "Plots: ![PSNR against density](quality_demo_psnr_vs_density.png) "
         "![head kinds, balanced](quality_demo_head_kinds.png)",
     ]
@@ -171,6 +188,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the device, each over a share of the seeds (speed-ups are then measured under contention)")
+    ap.add_argument("--report", type=Path,
+                    help="a study's quality_demo_runs/report.json: re-make the tables and plots from it, generating nothing")
     ap.add_argument("--shard-dir", type=Path, help=argparse.SUPPRESS)  # a worker of --workers: compare only, into this folder
     args = ap.parse_args(argv)
     if args.workers < 1:
@@ -182,7 +201,14 @@ def main(argv=None):
         return
     folder = args.out / "quality_demo_runs"
     groups = seed_groups(seeds, args.workers)
-    report = run_shards(args, groups, folder, command) if len(groups) > 1 else run_compare(args, seeds, folder, command)
+    if args.report:
+        report = json.loads(args.report.read_text())
+        seeds, groups = report["meta"]["seeds"], [None] * report["meta"].get("processes", 1)
+        command = f"{report['meta']['command']}, tables re-made by `{command}`"
+    elif len(groups) > 1:
+        report = run_shards(args, groups, folder, command)
+    else:
+        report = run_compare(args, seeds, folder, command)
 
     named = study_variants(args)
     rows = {}
@@ -198,11 +224,11 @@ def main(argv=None):
     meta = report["meta"]
     result = dict(
         meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=len(groups),
-                  prompts=meta["prompts"], seeds=seeds, steps=args.steps, num_frames=args.num_frames, height=args.height,
-                  width=args.width, guidance_scale=meta["request"]["guidance_scale"], torch=torch.__version__),
+                  prompts=meta["prompts"], seeds=seeds, **{k: meta["request"][k] for k in ("steps", "num_frames", "height", "width", "guidance_scale")},
+                  torch=meta["torch"]),
         variants=rows,
         targets=dict(balanced_psnr=quality.finite_or_inf(balanced), balanced_met=balanced >= TARGET_PSNR, cache_loss_db=quality.finite_or_inf(loss),
-                     cache_met=loss <= TARGET_CACHE_LOSS),
+                     cache_met=loss <= TARGET_CACHE_LOSS, cache_paired=paired_loss(report, "refresh_1", "refresh_5")),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality_demo.json").write_text(json.dumps(result, indent=1))

@@ -89,6 +89,17 @@ def test_compare_writes_every_file(model_dir, tmp_path, capsys):
     assert side.shape[0] == 9 and side.shape[2] >= 3 * 64  # dense | balanced | fast
 
 
+def test_compare_writes_gif_without_the_mp4_writer(model_dir, tmp_path, capsys, monkeypatch):
+    import dit_sparse.cli as cli
+
+    monkeypatch.setattr(cli, "writer_missing", lambda path: "writing MP4 needs the imageio-ffmpeg package")
+    out = tmp_path / "report"
+    code, _, err = run(capsys, "compare", "--model", model_dir, "--prompt", "a red circle", "--seeds", "0",
+                       "--presets", "dense,balanced", "--out", out, "--no-warmup", *SMALL)
+    assert code == 0 and "written as GIF" in err
+    assert iio.imread(out / "side_by_side_prompt0.gif").shape[0] == 9
+
+
 def test_info(capsys):
     code, out, _ = run(capsys, "info")
     assert code == 0

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dit_sparse.cli import main
@@ -62,3 +63,15 @@ def test_merge_refuses_overlapping_seeds_and_other_configs(reports, tmp_path):
 def test_seed_groups_round_robin():
     assert quality_study.seed_groups([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
     assert quality_study.seed_groups([0, 1], 4) == [[0], [1]]
+
+
+def test_paired_loss_statistics():
+    runs = []
+    for seed, (fresh, cached) in enumerate([(40.0, 39.0), (30.0, 30.5), (35.0, 20.0), (20.0, 26.0)]):
+        runs += [dict(prompt_index=0, seed=seed, preset="refresh_1", psnr=fresh),
+                 dict(prompt_index=0, seed=seed, preset="refresh_5", psnr=cached)]
+    stats = quality_study.paired_loss(dict(runs=runs), "refresh_1", "refresh_5")  # diffs 1, -0.5, 15, -6
+    assert stats["clips"] == 4 and stats["mean"] == pytest.approx(2.375) and stats["median"] == pytest.approx(0.25)
+    assert stats["worse_by_3db"] == 1 and stats["better_by_3db"] == 1
+    assert stats["mean_without_3db_moves"] == pytest.approx(0.25)
+    assert stats["sem"] == pytest.approx(np.std([1, -0.5, 15, -6], ddof=1) / 2)
