@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from dit_sparse.kernels.utils import BACKENDS
 
 PRESETS = {
-    # From the quality study on the bundled demo model (docs/results/quality_demo.md): re-profiling
-    # every 2nd sparse step keeps the PSNR of every-step profiling (37.05 vs 36.99 dB) where
-    # every 5th lost 1.0 dB, and a 20% dense warm-up beats 10% and 0% (36.0 / 34.9 / 33.4 dB).
+    # From the quality study on the bundled demo model (docs/results/quality_demo.md, 48 clips):
+    # re-profiling every 2nd sparse step loses 0.18 dB against every step where every 5th loses
+    # 0.96 dB at recall 0.95, and a 20% dense warm-up beats 10% and 0% (35.3 / 33.7 / 33.7 dB).
     "quality": dict(dense_steps=0.25, dense_layers=1, refresh_every=2, recall=0.98),
     "balanced": dict(dense_steps=0.2, dense_layers=1, refresh_every=2, recall=0.95),
     "fast": dict(dense_steps=0.1, dense_layers=1, refresh_every=5, recall=0.9),

@@ -30,6 +30,18 @@ def ssim(frames: np.ndarray, reference: np.ndarray) -> float:
                                                      reduction="none").mean())
 
 
+def paired_differences(diffs) -> dict:
+    """Statistics of per-clip PSNR differences (dB, reference minus variant): mean, its standard
+    error, median, how many clips moved by more than 3 dB either way (trajectories that
+    diverged) and the mean over the others. Infinite differences (identical clips) are left out."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    finite = diffs[np.isfinite(diffs)]
+    steady = finite[np.abs(finite) <= 3]
+    return dict(clips=len(diffs), mean=float(finite.mean()), sem=float(finite.std(ddof=1) / np.sqrt(len(finite))),
+                median=float(np.median(finite)), worse_by_3db=int((finite > 3).sum()), better_by_3db=int((finite < -3).sum()),
+                mean_without_3db_moves=float(steady.mean()) if len(steady) else float("nan"))
+
+
 class LPIPS:
     """LPIPS (AlexNet) of frames against a reference, if torchvision and the AlexNet weights are
     present locally; otherwise `available` is False and `reason` says why."""

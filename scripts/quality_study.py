@@ -19,11 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from dit_sparse import SparseAttentionConfig  # noqa: E402
 from dit_sparse import generation as gen  # noqa: E402
@@ -51,14 +49,9 @@ def variants(**fixed) -> dict[str, tuple[str, SparseAttentionConfig]]:
 
 
 def paired_loss(report: dict, reference: str, variant: str) -> dict:
-    """Per clip (prompt, seed), reference PSNR minus variant PSNR: mean, its standard error,
-    median, and how many clips moved by more than 3 dB either way (diverged trajectories)."""
+    """Per clip (prompt, seed), reference PSNR minus variant PSNR: `quality.paired_differences`."""
     psnr = {(r["prompt_index"], r["seed"], r["preset"]): quality.from_json(r["psnr"]) for r in report["runs"]}
-    diffs = np.array([psnr[p, s, reference] - psnr[p, s, variant] for p, s, name in psnr if name == reference])
-    finite = diffs[np.isfinite(diffs)]
-    return dict(clips=len(diffs), mean=float(finite.mean()), sem=float(finite.std(ddof=1) / np.sqrt(len(finite))),
-                median=float(np.median(finite)), worse_by_3db=int((finite > 3).sum()), better_by_3db=int((finite < -3).sum()),
-                mean_without_3db_moves=float(finite[np.abs(finite) <= 3].mean()))
+    return quality.paired_differences([psnr[p, s, reference] - psnr[p, s, variant] for p, s, name in psnr if name == reference])
 
 
 def plot_psnr_vs_density(rows: dict, path: Path):
