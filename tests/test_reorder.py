@@ -56,3 +56,18 @@ def test_bad_order(kwargs, match):
 def test_wrong_length_is_an_error():
     with pytest.raises(ValueError, match="does not match the grid"):
         reorder_tokens(torch.randn(1, 1, 10, 8), TokenOrder(3, 4), backend="torch")
+
+
+@pytest.mark.parametrize("block_s,num_warps", [(32, 8), (128, 2)])
+def test_flagged_heads_pass_reorders_only_flagged_heads(block_s, num_warps):
+    """The pass the attention kernel uses: flagged heads position-major, from a (B, S, H, D)
+    view as the processors hand it over, for any rows-per-program launch."""
+    from dit_sparse.kernels.reorder import reorder_flagged_heads
+
+    order = TokenOrder(4, 37, 5, "suffix")
+    x = torch.randn(2, order.num_tokens, 3, 16).transpose(1, 2)
+    flags = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.int8)
+    out = reorder_flagged_heads(x, order, flags, block_s=block_s, num_warps=num_warps)
+    expected = reorder_tokens_reference(x, order, flags.bool())
+    mask = flags.bool()
+    torch.testing.assert_close(out[mask], expected[mask], rtol=0, atol=0)
