@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import generation as gen
 from .compare import PRESET_NAMES, compare, preset_config
-from .media import save_frames, writer_missing
+from .media import save_frames, video_suffix
 
 EXIT_USAGE = 2
 
@@ -180,13 +180,12 @@ def compare_command(args, command_line: str) -> int:
         raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
     path, is_demo, spec = _model(args)
     pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec)
-    video_suffix = ".mp4"
-    if (problem := writer_missing(Path("side_by_side.mp4"))) is not None:  # say so now, not after the first clip
-        video_suffix = ".gif"
+    suffix, problem = video_suffix()
+    if problem is not None:  # say so now, not after the first clip
         print(f"note: {problem}; the side-by-side videos are written as GIF", file=sys.stderr)
     start = time.perf_counter()
     report = compare(pipe, spec, prompts=prompts, seeds=args.seeds, configs=configs, request=request, out_dir=args.out,
-                     fps=args.fps, warmup=not args.no_warmup, video_suffix=video_suffix,
+                     fps=args.fps, warmup=not args.no_warmup, video_suffix=suffix,
                      meta=dict(meta, command=command_line))
     print(f"compared {', '.join(report['summary'])} on {len(prompts)} prompt(s) x {len(args.seeds)} seed(s) "
           f"in {time.perf_counter() - start:.0f} s")

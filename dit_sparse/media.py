@@ -39,6 +39,12 @@ def writer_missing(path: Path) -> str | None:
     return None
 
 
+def video_suffix() -> tuple[str, str | None]:
+    """The suffix for videos this machine can write (".mp4", else ".gif") and, for GIF, why."""
+    problem = writer_missing(Path("video.mp4"))
+    return (".mp4", None) if problem is None else (".gif", problem)
+
+
 def to_uint8(frame: np.ndarray) -> np.ndarray:
     return (np.clip(frame, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 

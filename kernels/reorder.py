@@ -21,6 +21,9 @@ import triton.language as tl
 from .utils import check_backend, use_triton
 
 TEXT_POSITIONS = ("none", "prefix", "suffix")
+BLOCK_ROWS, NUM_WARPS = 32, 8
+"""Rows per program and warps of the reordering pass: the fastest launch on an H200
+(docs/results/reorder_h200.md)."""
 
 
 @dataclass(frozen=True)
@@ -158,17 +161,17 @@ def reorder_tokens(x, order: TokenOrder, heads=None, *, inverse=False, backend="
     return _launch_reorder(x, order, _head_mask(heads, *x.shape[:2], x.device), inverse, flagged_only=False)
 
 
-def reorder_flagged_heads(x, order: TokenOrder, mask: torch.Tensor, *, block_s: int = 32, num_warps: int = 8) -> torch.Tensor:
+def reorder_flagged_heads(x, order: TokenOrder, mask: torch.Tensor, *, block_s: int = BLOCK_ROWS,
+                          num_warps: int = NUM_WARPS) -> torch.Tensor:
     """Position-major copy of the heads flagged in the int8 (B, H) `mask`; the other heads of
     the result are left unwritten (the attention kernel reads those from `x`), so the pass
-    moves only the flagged heads' bytes. Triton only; `block_s` rows per program (32 rows and
-    8 warps were the fastest on an H200: docs/results/reorder_h200.md)."""
+    moves only the flagged heads' bytes. Triton only; `block_s` rows per program."""
     _check_tokens(x, order)
     return _launch_reorder(x, order, mask, False, flagged_only=True, block_s=block_s, num_warps=num_warps)
 
 
 def _launch_reorder(x, order: TokenOrder, mask: torch.Tensor, inverse: bool, flagged_only: bool,
-                    block_s: int = 64, num_warps: int = 4) -> torch.Tensor:
+                    block_s: int = BLOCK_ROWS, num_warps: int = NUM_WARPS) -> torch.Tensor:
     B, H, S, D = x.shape
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     grid = (triton.cdiv(S, block_s), B * H)

@@ -28,7 +28,7 @@ from dit_sparse import generation as gen  # noqa: E402
 from dit_sparse import quality  # noqa: E402
 from dit_sparse.compare import _fmt, compare, merge_reports  # noqa: E402
 from dit_sparse.demo import STUDY_PROMPTS  # noqa: E402
-from dit_sparse.media import writer_missing  # noqa: E402
+from dit_sparse.media import video_suffix  # noqa: E402
 
 TARGET_PSNR = 30.0  # balanced against dense
 TARGET_CACHE_LOSS = 0.5  # dB: refresh_every 5 against re-profiling every step
@@ -132,10 +132,9 @@ def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
         negative_prompt="",
     )
     gen.check_request(pipe, spec, request)
-    video_suffix = ".gif" if writer_missing(Path("side_by_side.mp4")) else ".mp4"
     return compare(pipe, spec, prompts=list(STUDY_PROMPTS[: args.prompts]), seeds=seeds,
                    configs={n: c for n, (_, c) in study_variants(args).items()}, request=request, out_dir=folder,
-                   shown=["quality", "balanced", "fast"], video_suffix=video_suffix,
+                   shown=["quality", "balanced", "fast"], video_suffix=video_suffix()[0],
                    meta=dict(model=str(path), command=command, dtype=str(dtype).replace("torch.", "")))
 
 
