@@ -23,8 +23,8 @@ import argparse
 import json
 import statistics
 import sys
-from dataclasses import asdict
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch

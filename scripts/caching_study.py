@@ -46,10 +46,12 @@ def compare_commands(prompts: Path, seed_groups: list[str], folder: Path) -> dic
 
 def run(commands: dict[str, list[str]], folder: Path, timeout_s: float) -> dict:
     """All commands at once; each run's balanced and dense records, keyed by run name."""
-    procs = {name: subprocess.Popen(cmd, stdout=open(folder / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-             for name, cmd in commands.items()}
+    logs = {name: open(folder / f"{name}.log", "w") for name in commands}
+    procs = {name: subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT) for name, cmd in commands.items()}
     for name, proc in procs.items():
-        if proc.wait(timeout=timeout_s) != 0:
+        code = proc.wait(timeout=timeout_s)
+        logs[name].close()
+        if code != 0:
             sys.exit(f"{name} failed: see {folder / f'{name}.log'}")
     runs = {}
     for name in commands:
