@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 import torch
+
+
+def timed_ms(fn) -> float:
+    """Milliseconds of one `fn()` call on the GPU (CUDA events); waits for it to finish."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
 
 
 def cuda_time(fn, reps=None, budget_ms=1500.0) -> float:
@@ -12,21 +24,20 @@ def cuda_time(fn, reps=None, budget_ms=1500.0) -> float:
     `reps`, as many repeats (5 to 50) as fit in `budget_ms`."""
     fn()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    first = start.elapsed_time(end)
+    first = timed_ms(fn)
     reps = reps or max(5, min(50, int(budget_ms / max(first, 1e-3))))
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(timed_ms(fn) for _ in range(reps))
+
+
+def write_gpu_results(out, prefix: str, device: str, data: dict, markdown: str) -> Path:
+    """Write `<prefix>_<gpu tag>.json` (data) and `.md` (markdown) into `out`, made if missing;
+    returns the .md path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{prefix}_{gpu_tag(device)}"
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    (out / f"{stem}.md").write_text(markdown)
+    return out / f"{stem}.md"
 
 
 def gpu_tag(device_name: str) -> str:

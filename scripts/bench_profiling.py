@@ -20,12 +20,10 @@ call never synchronises with the host (torch.cuda.set_sync_debug_mode("error")).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -34,7 +32,7 @@ from dit_sparse.kernels import block_sparse_attention, block_sparse_attention_re
 from dit_sparse.kernels.block_lse import LseConfig, sampled_block_lse, sampled_block_lse_reference
 from dit_sparse.kernels.reorder import reorder_flagged_heads
 from dit_sparse.profiling import HeadPlan, make_bank
-from dit_sparse.timing import cuda_time, gpu_tag
+from dit_sparse.timing import cuda_time, timed_ms, write_gpu_results
 
 SHAPES = {
     "wan480": (1, 12, TokenGrid(21, 30, 52)),  # Wan2.1-1.3B 480x832x81: (1, 12, 32760, 128)
@@ -65,15 +63,8 @@ def added_ms(base, both, reps=40) -> float:
     `both` adds (two separate medians differ by more than that work's time between runs)."""
     diffs = []
     for _ in range(reps):
-        times = []
-        for fn in (base, both):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        diffs.append(times[1] - times[0])
+        base_ms = timed_ms(base)
+        diffs.append(timed_ms(both) - base_ms)
     return statistics.median(diffs)
 
 
@@ -230,14 +221,11 @@ def main():
     if unknown := [n for n in names if n not in SHAPES]:
         sys.exit(f"unknown shape {unknown}; choose from {list(SHAPES)}")
     records = [run_shape(n) for n in names]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/bench_profiling.py " + " ".join(sys.argv[1:])
     device = torch.cuda.get_device_name()
-    stem = f"profiling_{gpu_tag(device)}"
-    (out / f"{stem}.json").write_text(json.dumps(dict(device=device, command=command, records=records), indent=1))
-    (out / f"{stem}.md").write_text(markdown(records, command, device))
-    print(markdown(records, command, device))
+    md = markdown(records, command, device)
+    write_gpu_results(args.out, "profiling", device, dict(device=device, command=command, records=records), md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ the PyTorch reference, prints a table, writes reorder_<gpu>.json / .md into --ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from dit_sparse import TokenGrid
 from dit_sparse.kernels.reorder import reorder_flagged_heads, reorder_tokens_reference
-from dit_sparse.timing import cuda_time, gpu_tag
+from dit_sparse.timing import cuda_time, write_gpu_results
 
 GRID = TokenGrid(21, 30, 52)  # Wan2.1-1.3B 480x832x81
 HEADS, HEAD_DIM = 12, 128
@@ -56,10 +55,7 @@ def main(argv=None):
              "| variant | ms | TB/s | equal to the reference |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['ms']:.4f} | {r['tb_per_s']:.2f} | {'yes' if r['exact'] else 'NO'} |" for r in records]
     md = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"reorder_{gpu_tag(device)}"
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(device=device, command=command, records=records), indent=1))
-    (args.out / f"{stem}.md").write_text(md)
+    write_gpu_results(args.out, "reorder", device, dict(device=device, command=command, records=records), md)
     print(md)
 
 

@@ -18,9 +18,7 @@ Writes DIR/rotary_<gpu>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 from diffusers import FluxPipeline
@@ -30,7 +28,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from dit_sparse.kernels import interleaved_rotary, interleaved_rotary_reference
-from dit_sparse.timing import cuda_time, gpu_tag
+from dit_sparse.timing import cuda_time, write_gpu_results
 
 def wan_tables(frames, height, width):
     """Wan's (1, S, 1, D) tables of a latent grid (patch (1, 2, 2) already applied)."""
@@ -124,12 +122,9 @@ def main(argv=None):
         records = [run_shape(n) for n in names]
     command = "python scripts/bench_rotary.py " + " ".join(sys.argv[1:] if argv is None else argv)
     device = torch.cuda.get_device_name()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"rotary_{gpu_tag(device)}"
-    (out / f"{stem}.json").write_text(json.dumps(dict(device=device, command=command, records=records), indent=1))
-    (out / f"{stem}.md").write_text(markdown(records, command, device))
-    print(markdown(records, command, device))
+    md = markdown(records, command, device)
+    write_gpu_results(args.out, "rotary", device, dict(device=device, command=command, records=records), md)
+    print(md)
     if not all(r["equal"] for r in records):
         sys.exit("the Triton rotary differs from diffusers' on the GPU")
 

@@ -17,15 +17,13 @@ checks the three agree on the valid rows, and writes DIR/text_mask_<gpu>.json an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dit_sparse.timing import cuda_time, gpu_tag
+from dit_sparse.timing import cuda_time, write_gpu_results
 
 PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -61,18 +59,14 @@ def main():
     base = records[0]["ms"]
     for r in records:
         r["vs_masked"] = base / r["ms"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/bench_text_mask.py " + " ".join(sys.argv[1:])
     device = torch.cuda.get_device_name()
     meta = dict(device=device, command=command, shape=[1, H, S, D], valid_tokens=valid, records=records)
-    stem = f"text_mask_{gpu_tag(device)}"
-    (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
     lines = [f"# cuDNN attention with and without the padded-text key mask ({device})", "",
              f"Command: `{command}`. One call, (1, {H}, {S}, {D}) bf16, {valid} valid tokens.", "",
              "| variant | ms | speed-up over masked | max abs diff vs masked (valid rows) |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['ms']:.1f} | {r['vs_masked']:.2f}x | {r['max_abs_diff_vs_masked']:.1e} |" for r in records]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_gpu_results(args.out, "text_mask", device, meta, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dit_sparse import SparseAttentionConfig
-from dit_sparse.timing import gpu_tag
+from dit_sparse.timing import gpu_tag, write_gpu_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_e2e as bench  # noqa: E402
@@ -107,3 +107,9 @@ def test_gpu_tag_names_result_files_by_gpu():
     assert gpu_tag("NVIDIA A100-SXM4-80GB") == "a100_sxm4_80gb"
     with pytest.raises(ValueError, match="no GPU name"):
         gpu_tag("NVIDIA ")
+
+
+def test_gpu_results_are_written_as_a_json_and_markdown_pair(tmp_path):
+    md = write_gpu_results(tmp_path / "new", "rotary", "NVIDIA H200", dict(records=[1, 2]), "# table\n")
+    assert md == tmp_path / "new" / "rotary_h200.md" and md.read_text() == "# table\n"
+    assert json.loads((tmp_path / "new" / "rotary_h200.json").read_text()) == dict(records=[1, 2])
