@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .block_sparse_attention import LOG2E
 from .reorder import TokenOrder, native_rows
-from .utils import check_backend, use_triton
+from .utils import cdiv, check_backend, next_power_of_2, use_triton
 
 
 def _check(q_rows, k, block_size, order):
@@ -38,7 +38,7 @@ def sampled_block_lse_reference(q_rows, k, *, block_size=128, scale=None, order:
     _check(q_rows, k, block_size, order)
     B, H, N, D = q_rows.shape
     S = k.shape[2]
-    nb = triton.cdiv(S, block_size)
+    nb = cdiv(S, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     layouts = [k] if order is None else [k, k.index_select(2, order.position_major_index(k.device))]
     out = torch.empty(B, H, len(layouts), N, nb, dtype=torch.float32, device=k.device)
@@ -129,7 +129,7 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
         raise ValueError("k must have a contiguous last (head) dimension")
     B, H, N, D = q_rows.shape
     S = k.shape[2]
-    nb = triton.cdiv(S, block_size)
+    nb = cdiv(S, block_size)
     q_rows = q_rows.to(k.dtype).contiguous()
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     layouts = 1 if order is None else 2
@@ -137,11 +137,11 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
     o = order or TokenOrder(1, 1)
     config = (config or LseConfig()).resolve(nb, B * H * layouts)
     per = config.blocks_per_program
-    _block_lse_kernel[(triton.cdiv(nb, per), B * H, layouts)](
+    _block_lse_kernel[(cdiv(nb, per), B * H, layouts)](
         q_rows, k, out,
         *q_rows.stride()[:3], *k.stride()[:3], *out.stride()[:4],
         H, N, S, nb, scale * LOG2E, o.video_start, o.frames, o.positions,
-        D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_Q=max(16, triton.next_power_of_2(N)),
+        D=D, BLOCK_D=max(16, next_power_of_2(D)), BLOCK_Q=max(16, next_power_of_2(N)),
         BLOCK_N=min(config.block_n, block_size), BLOCK_SIZE=block_size, BLOCKS_PER_PROGRAM=per,
         NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )

@@ -22,7 +22,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .reorder import TokenOrder, _head_mask, native_rows, reorder_flagged_heads, reorder_tokens_reference
-from .utils import check_backend, use_triton
+from .utils import cdiv, check_backend, next_power_of_2, use_triton
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -38,14 +38,26 @@ class KernelConfig:
     num_stages: int = 3
     tma: bool = True  # TMA tiles where possible (Hopper+, D a power of two, aligned strides)
     tail_branch: bool = False  # mask only the last key block instead of every tile
+    # programs the GPU runs at once (SMs x programs per SM); > 1 starts each program's key list
+    # at its phase among them, so that the programs running together walk the key range in step
+    # and share key tiles in L2 (random lists at S >= 75k: up to +16%); 0 or 1: from the start
+    resident_programs: int = 0
 
 
-def default_config(block_size: int, tma: bool = True) -> KernelConfig:
-    """Tuned on an H100 (docs/results/kernel_sweep_h100.json): 128 x 64 tiles, 4 warps, 2 stages;
-    TMA tiles with the tail-only mask, pointer tiles with the per-tile mask."""
+def default_config(block_size: int, tma: bool = True, sm_count: int = 0) -> KernelConfig:
+    """Tuned on an H100 (docs/results/kernel_sweep_h100.json): 128 x 64 tiles, 4 warps, 2 stages
+    (two programs per SM); TMA tiles with the tail-only mask, pointer tiles with the per-tile
+    mask; key lists rotated by launch phase over the 2 x `sm_count` resident programs
+    (docs/results/kernel_phase_h100.md)."""
     block_m = min(128, block_size)
     block_n = min(64, block_size)
-    return KernelConfig(block_m, block_n, num_warps=4, num_stages=2, tma=tma, tail_branch=tma)
+    return KernelConfig(block_m, block_n, num_warps=4, num_stages=2, tma=tma, tail_branch=tma,
+                        resident_programs=2 * sm_count)
+
+
+def _sm_count(x: torch.Tensor) -> int:
+    """Streaming multiprocessors of x's GPU (0 off CUDA, e.g. under the interpreter)."""
+    return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
 
 
 @triton.jit
@@ -88,13 +100,36 @@ def _key_tile_start(idx_row, j, sin_, NB, SUB: tl.constexpr, BLOCK_SIZE: tl.cons
 
 
 @triton.jit
-def _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT):
+def _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT,
+                    HAS_TEMPLATES: tl.constexpr):
     """Where the key-block list of query block `qblk` of (b, h) starts, and its length.
     The list lives at (b, h) of the tables, shifted by the head's template (0 without one)."""
-    t = tl.load(TMPL + b * stb + h * sth).to(tl.int64)
-    t = tl.minimum(tl.maximum(t, 0), NT - 1)
+    t = 0
+    if HAS_TEMPLATES:
+        t = tl.load(TMPL + b * stb + h * sth).to(tl.int64)
+        t = tl.minimum(tl.maximum(t, 0), NT - 1)
     count = tl.load(CNT + b * scb + h * sch + t * sct + qblk * scm)
     return IDX + b * sib + h * sih + t * sit + qblk * sim, count
+
+
+@triton.jit
+def _wrap(j, n):
+    """j in [0, 2n) brought into [0, n)."""
+    return tl.where(j >= n, j - n, j)
+
+
+@triton.jit
+def _first_tile(count, pid_m, pid_bh, RESIDENT, SUB: tl.constexpr, ROTATE: tl.constexpr):
+    """Which of its count * SUB key tiles this program starts at: the first tile of the listed
+    block at its launch phase among the RESIDENT programs that run at once (programs start in
+    launch order as others finish, so with these phases all running programs reach the same part
+    of the key range together). A block's first tile always holds a key, so the running max is
+    finite from the first tile on."""
+    first = 0
+    if ROTATE:
+        phase = (pid_bh * tl.num_programs(0) + pid_m) % RESIDENT
+        first = (phase * count) // RESIDENT * SUB
+    return first
 
 
 @triton.jit
@@ -107,16 +142,18 @@ def _finish(acc, m_i, l_i):
 
 
 @triton.jit
-def _attend_query_tile(q_desc, k_desc, v_desc, b, h, pid_m, idx_row, count, sin_, S, NB, qk_scale,
-                       BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_SIZE: tl.constexpr, TAIL_BRANCH: tl.constexpr):
+def _attend_query_tile(q_desc, k_desc, v_desc, b, h, pid_m, pid_bh, idx_row, count, sin_, S, NB, qk_scale,
+                       RESIDENT, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_SIZE: tl.constexpr, TAIL_BRANCH: tl.constexpr, ROTATE: tl.constexpr):
     """Output and lse of one query tile over its listed key blocks, every tile moved by TMA."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    for j in range(0, count * SUB):
-        start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
+    n = count * SUB
+    first = _first_tile(count, pid_m, pid_bh, RESIDENT, SUB, ROTATE)
+    for j in range(0, n):
+        start, is_tail = _key_tile_start(idx_row, _wrap(j + first, n), sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
         k = k_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
         v = v_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
         m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, is_tail, TAIL_BRANCH)
@@ -131,6 +168,7 @@ def _bsa_fwd_tma_kernel(
     VSTART, FRAMES, POSITIONS,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr, TAIL_BRANCH: tl.constexpr,
+    HAS_TEMPLATES: tl.constexpr, RESIDENT, ROTATE: tl.constexpr,
 ):
     """Tiles move by TMA (D == BLOCK_D, 16-byte aligned strides). With REORDER, heads flagged
     in RH read position-major copies of q, k and v (qr/kr/vr, written for those heads only)
@@ -143,7 +181,7 @@ def _bsa_fwd_tma_kernel(
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT)
+    idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT, HAS_TEMPLATES)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     flag = 0
     qd, kd, vd = q_desc, k_desc, v_desc
@@ -151,8 +189,8 @@ def _bsa_fwd_tma_kernel(
         flag = tl.load(RH + b64 * srb + h64 * srh)
         if flag != 0:  # choose the tensors, not the code path: one pipelined loop serves both
             qd, kd, vd = qr_desc, kr_desc, vr_desc
-    out, lse = _attend_query_tile(qd, kd, vd, b, h, pid_m, idx_row, count, sin_, S, NB, qk_scale,
-                                  BLOCK_D, BLOCK_M, BLOCK_N, BLOCK_SIZE, TAIL_BRANCH)
+    out, lse = _attend_query_tile(qd, kd, vd, b, h, pid_m, pid_bh, idx_row, count, sin_, S, NB, qk_scale,
+                                  RESIDENT, BLOCK_D, BLOCK_M, BLOCK_N, BLOCK_SIZE, TAIL_BRANCH, ROTATE)
     if flag != 0:
         out_rows = native_rows(rows, flag, VSTART, FRAMES, POSITIONS).to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
@@ -173,6 +211,7 @@ def _bsa_fwd_kernel(
     VSTART, FRAMES, POSITIONS,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, REORDER: tl.constexpr, RETURN_LSE: tl.constexpr, TAIL_BRANCH: tl.constexpr,
+    HAS_TEMPLATES: tl.constexpr, RESIDENT, ROTATE: tl.constexpr,
 ):
     """Pointer loads: any strides, any D, and reordered heads read through the index map."""
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
@@ -181,7 +220,7 @@ def _bsa_fwd_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    idx_row, count = _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT)
+    idx_row, count = _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT, HAS_TEMPLATES)
 
     flag = 0
     if REORDER:
@@ -202,8 +241,10 @@ def _bsa_fwd_kernel(
     v_base = V + b * svb + h * svh
     m_i, l_i, acc = _empty_softmax_state(BLOCK_M, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    for j in range(0, count * SUB):
-        start, is_tail = _key_tile_start(idx_row, j, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
+    n = count * SUB
+    first = _first_tile(count, pid_m, pid_bh, RESIDENT, SUB, ROTATE)
+    for j in range(0, n):
+        start, is_tail = _key_tile_start(idx_row, _wrap(j + first, n), sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
         cols = start + offs_n
         k_rows = cols
         if REORDER:
@@ -240,10 +281,12 @@ class _Tables:
 
     idx: torch.Tensor  # (B, H, T, nb, M) view
     cnt: torch.Tensor  # (B, H, T, nb) view
-    tmpl: torch.Tensor  # (B, H) view
+    tmpl: torch.Tensor | None  # (B, H) view; None without templates (T = 1)
 
     def dense(self):
         """Per-head (B, H, nb, M) index and (B, H, nb) count tables (for the reference)."""
+        if self.tmpl is None:
+            return self.idx[:, :, 0], self.cnt[:, :, 0]
         t = self.tmpl.long()[..., None, None, None]
         idx = self.idx.expand(*t.shape[:2], *self.idx.shape[2:]).take_along_dim(t, 2)[:, :, 0]
         cnt = self.cnt.expand(*t.shape[:2], *self.cnt.shape[2:]).take_along_dim(t[..., 0], 2)[:, :, 0]
@@ -253,7 +296,13 @@ class _Tables:
         """Stride arguments of the kernels, in their order."""
         sib, sih, sit, sim, sin_ = self.idx.stride()
         scb, sch, sct, scm = self.cnt.stride()
-        return (sib, sih, sim, sin_, scb, sch, scm), (*self.tmpl.stride(), sit, sct, self.idx.shape[2])
+        stb, sth = (0, 0) if self.tmpl is None else self.tmpl.stride()
+        return (sib, sih, sim, sin_, scb, sch, scm), (stb, sth, sit, sct, self.idx.shape[2])
+
+    def template_arg(self):
+        """The kernels' TMPL argument: the template table, or any int32 tensor when there is none
+        (then never read), so a call without templates makes no tensor on the device."""
+        return self.cnt if self.tmpl is None else self.tmpl
 
 
 def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None):
@@ -274,7 +323,7 @@ def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None)
         raise ValueError(f"head dim {D} is not supported: 1..{MAX_HEAD_DIM}")
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
-    nb = triton.cdiv(S, block_size)
+    nb = cdiv(S, block_size)
     if kv_indices.dtype != torch.int32 or kv_counts.dtype != torch.int32:
         raise ValueError(f"kv_indices and kv_counts must be int32, got {kv_indices.dtype} and {kv_counts.dtype}")
     lead = "(B, H, " if head_pattern is None else "(num_templates, "
@@ -288,7 +337,7 @@ def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None)
         if head_pattern is None:
             idx = kv_indices.expand(B, H, nb, kv_indices.shape[-1])[:, :, None]
             cnt = kv_counts.expand(B, H, nb)[:, :, None]
-            tmpl = torch.zeros((), dtype=torch.int32, device=q.device).expand(B, H)
+            tmpl = None
         else:
             T = kv_indices.shape[0]
             idx = kv_indices.expand(T, nb, kv_indices.shape[-1])[None, None].expand(B, H, -1, -1, -1)
@@ -301,7 +350,7 @@ def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None)
             f"{None if head_pattern is None else tuple(torch.as_tensor(head_pattern).shape)}) do not fit "
             f"(B, H, S/block_size) = ({B}, {H}, {nb}) for S={S}, block_size={block_size}"
         ) from e
-    if tmpl.dtype not in (torch.int32, torch.int64):
+    if tmpl is not None and tmpl.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"head_pattern must hold integer template indices, got {tmpl.dtype}")
     if idx.device != q.device or cnt.device != q.device:
         raise ValueError(f"kv_indices and kv_counts must be on q's device {q.device}")
@@ -344,7 +393,7 @@ def block_sparse_attention_reference(
     check_backend(backend)
     tables = _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
     num_templates = tables.idx.shape[2]
-    if bool((tables.tmpl < 0).any()) or bool((tables.tmpl >= num_templates).any()):
+    if tables.tmpl is not None and (bool((tables.tmpl < 0).any()) or bool((tables.tmpl >= num_templates).any())):
         raise ValueError(f"head_pattern must lie in [0, {num_templates}) (one of the {num_templates} templates)")
     idx, cnt = tables.dense()
     B, H, S, D = q.shape
@@ -352,7 +401,7 @@ def block_sparse_attention_reference(
     if heads is not None:
         q, k, v = (reorder_tokens_reference(t, order, heads) for t in (q, k, v))
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    nb = triton.cdiv(S, block_size)
+    nb = cdiv(S, block_size)
     mask = _block_mask(idx, cnt, nb)
     kf, vf = k.float(), v.float()
     out = torch.empty(B, H, S, D, dtype=torch.float32, device=q.device)
@@ -361,7 +410,7 @@ def block_sparse_attention_reference(
     for r0 in range(0, S, rows_per_chunk):
         r1 = min(S, r0 + rows_per_chunk)
         scores = q[:, :, r0:r1].float() @ kf.transpose(-1, -2) * scale
-        m = mask[:, :, r0 // block_size : triton.cdiv(r1, block_size)]
+        m = mask[:, :, r0 // block_size : cdiv(r1, block_size)]
         m = m.repeat_interleave(block_size, 2)[:, :, : r1 - r0].repeat_interleave(block_size, 3)[..., :S]
         scores.masked_fill_(~m, float("-inf"))
         chunk_lse = torch.logsumexp(scores, -1)
@@ -420,18 +469,20 @@ def block_sparse_attention(
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = _output_like(q)
     tma = _tma_ok(q, k, v, out)
-    cfg = config or default_config(block_size, tma)
+    cfg = config or default_config(block_size, tma, _sm_count(q))
     if block_size % cfg.block_m or block_size % cfg.block_n:
         raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
     lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out
-    block_d = max(16, triton.next_power_of_2(D))
-    grid = (triton.cdiv(S, cfg.block_m), B * H)
+    block_d = max(16, next_power_of_2(D))
+    grid = (cdiv(S, cfg.block_m), B * H)
     common = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_SIZE=block_size, RETURN_LSE=return_lse,
-        TAIL_BRANCH=cfg.tail_branch, REORDER=heads is not None,
+        TAIL_BRANCH=cfg.tail_branch, REORDER=heads is not None, HAS_TEMPLATES=tables.tmpl is not None,
+        RESIDENT=max(1, cfg.resident_programs), ROTATE=cfg.resident_programs > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    rh = heads if heads is not None else tables.tmpl
+    tmpl = tables.template_arg()
+    rh = heads if heads is not None else tmpl  # never read without reordering
     o = order or TokenOrder(1, 1)
     if cfg.tma and tma and D == block_d:
         # one pass over the flagged heads of q, k, v buys them contiguous TMA tiles in the hot loop
@@ -441,22 +492,22 @@ def block_sparse_attention(
             TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if i == 0 or i == 3 else cfg.block_n, D])
             for i, t in enumerate((*native, out))
         ]
-        rdescs = [
+        rdescs = descs[:3] if heads is None else [
             TensorDescriptor.from_tensor(t, [1, 1, cfg.block_m if i == 0 else cfg.block_n, D])
             for i, t in enumerate(reordered)
         ]
         _bsa_fwd_tma_kernel[grid](
-            out, *descs[:3], *rdescs, descs[3], lse, tables.idx, tables.cnt, rh, tables.tmpl,
+            out, *descs[:3], *rdescs, descs[3], lse, tables.idx, tables.cnt, rh, tmpl,
             *out.stride()[:3], *table_strides, rh.stride(0), rh.stride(1), *template_strides,
-            H, S, triton.cdiv(S, block_size), scale * LOG2E,
+            H, S, cdiv(S, block_size), scale * LOG2E,
             o.video_start, o.frames, o.positions, BLOCK_D=block_d, **common,
         )
         return (out, lse) if return_lse else out
     _bsa_fwd_kernel[grid](
-        q, k, v, out, lse, tables.idx, tables.cnt, rh, tables.tmpl,
+        q, k, v, out, lse, tables.idx, tables.cnt, rh, tmpl,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *table_strides, rh.stride(0), rh.stride(1), *template_strides,
-        H, S, triton.cdiv(S, block_size), scale * LOG2E,
+        H, S, cdiv(S, block_size), scale * LOG2E,
         o.video_start, o.frames, o.positions,
         D=D, BLOCK_D=block_d, **common,
     )

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import check_backend, use_triton
+from .utils import cdiv, check_backend, next_power_of_2, use_triton
 
 TEXT_POSITIONS = ("none", "prefix", "suffix")
 BLOCK_ROWS, NUM_WARPS = 32, 8
@@ -174,12 +174,12 @@ def _launch_reorder(x, order: TokenOrder, mask: torch.Tensor, inverse: bool, fla
                     block_s: int = BLOCK_ROWS, num_warps: int = NUM_WARPS) -> torch.Tensor:
     B, H, S, D = x.shape
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grid = (triton.cdiv(S, block_s), B * H)
+    grid = (cdiv(S, block_s), B * H)
     _reorder_kernel[grid](
         x, y, mask,
         *x.stride()[:3], *y.stride()[:3], *mask.stride(),
         H, S, D, order.video_start, order.frames, order.positions,
-        INVERSE=inverse, FLAGGED_ONLY=flagged_only, BLOCK_S=block_s, BLOCK_D=triton.next_power_of_2(D),
+        INVERSE=inverse, FLAGGED_ONLY=flagged_only, BLOCK_S=block_s, BLOCK_D=next_power_of_2(D),
         num_warps=num_warps,
     )
     return y

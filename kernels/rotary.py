@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import check_backend, use_triton
+from .utils import cdiv, check_backend, use_triton
 
 BLOCK_TOKENS = 8
 BLOCK_PAIRS = 128
@@ -136,7 +136,7 @@ def interleaved_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin:
     q, k, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, cos, sin))
     B, S, H, D = q.shape
     q_out, k_out = torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(k, memory_format=torch.contiguous_format)
-    grid = (triton.cdiv(S, BLOCK_TOKENS), triton.cdiv(H * D, 2 * BLOCK_PAIRS), B)
+    grid = (cdiv(S, BLOCK_TOKENS), cdiv(H * D, 2 * BLOCK_PAIRS), B)
     batch_stride = lambda t: 0 if t.shape[0] == 1 else t.stride(0)  # noqa: E731
     _interleaved_rotary_kernel[grid](
         q, k, q_out, k_out, cos, sin, S, H * D, D,

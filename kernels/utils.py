@@ -35,3 +35,13 @@ def use_triton(backend: str, x: torch.Tensor) -> bool:
             "interpreter); use backend='torch' or 'auto' on the CPU"
         )
     return False
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host (`triton.cdiv` is a JIT callable: microseconds a call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (>= 1), on the host without Triton's call overhead."""
+    return 1 << max(0, n - 1).bit_length()

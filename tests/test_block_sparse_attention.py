@@ -64,10 +64,13 @@ def test_triton_matches_reference(S, D, block_size):
 @pytest.mark.parametrize(
     "config",
     [KernelConfig(64, 32, 4, 2, tma=False), KernelConfig(64, 32, 4, 2, tma=True, tail_branch=True),
-     KernelConfig(32, 64, 4, 2, tma=False, tail_branch=True), KernelConfig(64, 64, 4, 2, tma=True)],
+     KernelConfig(32, 64, 4, 2, tma=False, tail_branch=True), KernelConfig(64, 64, 4, 2, tma=True),
+     KernelConfig(64, 32, 4, 2, tma=False, resident_programs=5),
+     KernelConfig(64, 32, 4, 2, tma=True, tail_branch=True, resident_programs=7)],
 )
 def test_kernel_variants_match_reference(config):
-    """Pointer and TMA tiles, tail-only masking, tiles smaller than the block."""
+    """Pointer and TMA tiles, tail-only masking, tiles smaller than the block, key lists started
+    at each program's launch phase (rotated, wrapping around the list's end)."""
     gen = torch.Generator().manual_seed(11)
     B, H, S, D, bs = 2, 3, 333, 64, 64
     q, k, v = (torch.randn(B, H, S, D, generator=gen) for _ in range(3))
