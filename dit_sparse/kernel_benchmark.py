@@ -7,6 +7,7 @@ mask on a slice of query rows, and measures the explicit token reorder against t
 
     dit-sparse bench --shapes wan480,wan720 --out docs/results
     python scripts/bench_kernels.py --sweep --shapes wan480          # tile/pipeline configs
+    python scripts/bench_kernels.py --phase --shapes wan720,hunyuan720  # key lists phased or not
 
 Writes kernels_<gpu>.json (a list of records; e.g. kernels_h100) and kernels_<gpu>.md, merging with records of
 other shapes already there, so one GPU run per shape group builds up the whole table.
@@ -15,6 +16,7 @@ other shapes already there, so one GPU run per shape group builds up the whole t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -31,10 +33,11 @@ from dit_sparse.kernels import (
     TokenOrder,
     block_sparse_attention,
     block_sparse_attention_reference,
+    default_config,
     reorder_tokens,
 )
 from dit_sparse.patterns import block_tables as tables
-from dit_sparse.timing import cuda_time, gpu_tag
+from dit_sparse.timing import gpu_tag, host_time_us, stream_time
 
 BLOCK = 128
 # name: (B, H, S, D, TokenOrder) -- the video geometry the spatial/temporal bands follow
@@ -80,6 +83,21 @@ def band_mask(nb: int, density: float, is_text: torch.Tensor) -> torch.Tensor:
 def random_mask(H: int, nb: int, density: float, gen) -> torch.Tensor:
     mask = torch.rand(H, nb, nb, generator=gen) < density
     return mask | torch.eye(nb, dtype=torch.bool)
+
+
+def block_lists(pattern: str, density: float, H: int, nb: int, is_text, gen):
+    """(mask, kv_indices, kv_counts) on the GPU for one benchmark case; random masks differ per
+    head, the others are one (1, 1, ...) table shared by every head."""
+    if pattern == "random":
+        mask = random_mask(H, nb, density, gen)
+        idx, cnt = tables(mask[None])
+    elif pattern == "dense":
+        mask = torch.ones(nb, nb, dtype=torch.bool)
+        idx, cnt = (t[None, None] for t in tables(mask))
+    else:
+        mask = band_mask(nb, density, is_text)
+        idx, cnt = (t[None, None] for t in tables(mask))
+    return mask, idx.cuda(), cnt.cuda()
 
 
 def check_slice(q, k, v, out, mask, order, reordered, gen):
@@ -132,31 +150,30 @@ def check_small_shapes():
     return worst
 
 
+def shape_inputs(name):
+    """Random bf16 (q, k, v) of a benchmark shape, cuDNN's dense time on them, and the blocks
+    holding text tokens."""
+    B, H, S, D, order = SHAPES[name]
+    q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        cudnn_ms = stream_time(lambda: F.scaled_dot_product_attention(q, k, v))
+    return (q, k, v), cudnn_ms, text_blocks(order, math.ceil(S / BLOCK))
+
+
 def run_shape(name, flex, records, sweep=False):
     B, H, S, D, order = SHAPES[name]
     nb = math.ceil(S / BLOCK)
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import BlockMask
 
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        cudnn_ms = cuda_time(lambda: F.scaled_dot_product_attention(q, k, v))
+    (q, k, v), cudnn_ms, is_text = shape_inputs(name)
     flops_dense = 4 * B * H * S * S * D
     print(f"[{name}] cuDNN dense {cudnn_ms:.2f} ms ({flops_dense / cudnn_ms / 1e9:.0f} TFLOP/s)", flush=True)
-    is_text = text_blocks(order, nb)
 
     def case(pattern, density):
-        if pattern == "random":
-            mask = random_mask(H, nb, density, gen)
-            idx, cnt = tables(mask[None])
-        elif pattern == "dense":
-            mask = torch.ones(nb, nb, dtype=torch.bool)
-            idx, cnt = (t[None, None] for t in tables(mask))
-        else:
-            mask = band_mask(nb, density, is_text)
-            idx, cnt = (t[None, None] for t in tables(mask))
-        return mask, idx.cuda(), cnt.cuda()
+        return block_lists(pattern, density, H, nb, is_text, gen)
 
     perm = order.position_major_index("cuda")
 
@@ -171,7 +188,7 @@ def run_shape(name, flex, records, sweep=False):
             d = mask.float().mean().item()
             for cfg in SWEEP:
                 try:
-                    ms = cuda_time(ours(idx, cnt, pattern, cfg), budget_ms=600)
+                    ms = stream_time(ours(idx, cnt, pattern, cfg), budget_ms=600)
                 except Exception as e:  # a config the compiler cannot fit (shared memory) is skipped
                     print(f"  {cfg}: failed ({type(e).__name__}: {str(e)[:80]})")
                     continue
@@ -190,7 +207,8 @@ def run_shape(name, flex, records, sweep=False):
         out = fn()
         err = check_slice(q, k, v, out, mask, order, pattern.startswith("temporal"), gen)
         del out
-        ms = cuda_time(fn)
+        ms = stream_time(fn)
+        host_us = host_time_us(fn, calls=max(5, min(100, int(300 / ms))))
         full_idx = torch.zeros(B, H, nb, nb, dtype=torch.int32, device="cuda")  # one Flex compile per shape
         full_idx[..., : idx.shape[-1]] = idx
         full_cnt = cnt.expand(B, H, nb).contiguous()
@@ -200,13 +218,14 @@ def run_shape(name, flex, records, sweep=False):
             fq, fk, fv = q[:, :, perm], k[:, :, perm], v[:, :, perm]
         else:
             fq, fk, fv = q, k, v
-        flex_ms = cuda_time(lambda: flex(fq, fk, fv, block_mask=bm))
+        flex_ms = stream_time(lambda: flex(fq, fk, fv, block_mask=bm))
         del fq, fk, fv, bm, full_idx
         rec = dict(
             shape=[B, H, S, D], pattern=pattern, density=round(density, 4), ms=round(ms, 4),
             cudnn_dense_ms=round(cudnn_ms, 4), flex_ms=round(flex_ms, 4),
             efficiency=round(cudnn_ms * density / ms, 4), vs_flex=round(flex_ms / ms, 4),
-            tflops=round(flops_dense * density / ms / 1e9, 1), max_abs_err=err, correct=err < 2e-2,
+            tflops=round(flops_dense * density / ms / 1e9, 1), host_us=round(host_us, 1),
+            max_abs_err=err, correct=err < 2e-2,
         )
         records.append(rec)
         if pattern == "spatial" and target == 0.2:
@@ -219,8 +238,8 @@ def run_shape(name, flex, records, sweep=False):
     # token reordering at density 0.2: the q, k, v pass the temporal path makes, and the whole extra
     # time of a temporal call over a spatial call on the same block mask
     idx, cnt, sparse_ms, density = spatial_02
-    reorder_ms = cuda_time(lambda: [reorder_tokens(t, order) for t in (q, k, v)])
-    temporal_ms = cuda_time(ours(idx, cnt, "temporal"))
+    reorder_ms = stream_time(lambda: [reorder_tokens(t, order) for t in (q, k, v)])
+    temporal_ms = stream_time(ours(idx, cnt, "temporal"))
     records.append(dict(
         shape=[B, H, S, D], pattern="reorder", density=round(density, 4),
         sparse_ms=round(sparse_ms, 4), reorder_ms=round(reorder_ms, 4),
@@ -236,23 +255,76 @@ def run_shape(name, flex, records, sweep=False):
     torch.cuda.empty_cache()
 
 
+def run_phase(name, records):
+    """Our kernel with each key list walked from its start, and from the program's launch phase
+    (the default), on random and spatial masks: what walking the key range in step saves in L2."""
+    B, H, S, D, _ = SHAPES[name]
+    nb = math.ceil(S / BLOCK)
+    gen = torch.Generator().manual_seed(0)
+    (q, k, v), cudnn_ms, is_text = shape_inputs(name)
+    phased = default_config(BLOCK, sm_count=torch.cuda.get_device_properties(q.device).multi_processor_count)
+    configs = {"from_start": dataclasses.replace(phased, resident_programs=0), "phased": phased}
+    for pattern, target in itertools.product(("random", "spatial"), (0.1, 0.2, 0.5)):
+        mask, idx, cnt = block_lists(pattern, target, H, nb, is_text, gen)
+        density = mask.float().mean().item()
+        ms = {label: stream_time(lambda: block_sparse_attention(q, k, v, idx, cnt, block_size=BLOCK, config=cfg))
+              for label, cfg in configs.items()}
+        rec = dict(shape=[B, H, S, D], pattern=pattern, density=round(density, 4), cudnn_dense_ms=round(cudnn_ms, 4),
+                   resident_programs=phased.resident_programs, speedup=round(ms["from_start"] / ms["phased"], 4))
+        for label, t in ms.items():
+            rec[f"{label}_ms"] = round(t, 4)
+            rec[f"{label}_efficiency"] = round(cudnn_ms * density / t, 4)
+        records.append(rec)
+        print(f"  [{name}] {pattern:8s} d={density:.3f} from start {ms['from_start']:.3f} ms "
+              f"(eff {rec['from_start_efficiency']:.3f})  phased {ms['phased']:.3f} ms "
+              f"(eff {rec['phased_efficiency']:.3f})  x{rec['speedup']:.3f}", flush=True)
+    del q, k, v
+    torch.cuda.empty_cache()
+
+
+def _page_head(title, command, paragraphs, columns):
+    """Title, command, explanatory paragraphs and a table header, as markdown lines."""
+    lines = [f"# {title}", "", f"Command: `{command}`", ""]
+    for paragraph in paragraphs:
+        lines += [paragraph, ""]
+    return lines + ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def phase_markdown(records, command, device):
+    lines = _page_head("Key lists walked from each program's launch phase, on " + device, command, [
+        "Each program of the kernel walks its query block's key list either from the start or from the "
+        "block at its launch phase among the programs the GPU runs at once (2 x SMs with the default tiles; "
+        "`KernelConfig.resident_programs`). Programs start in launch order as others finish, so with "
+        "phases the programs running together reach the same keys together and share them in L2. "
+        "GPU ms per call, calls back to back; efficiency = cuDNN dense time x density / our time. bf16."],
+        ["shape", "pattern", "density", "from start ms", "phased ms", "efficiency from start",
+         "efficiency phased", "speed-up"])
+    for r in records:
+        lines.append(
+            f"| {r['shape']} | {r['pattern']} | {r['density']:.3f} | {r['from_start_ms']:.3f} | {r['phased_ms']:.3f} | "
+            f"{r['from_start_efficiency']:.3f} | {r['phased_efficiency']:.3f} | {r['speedup']:.3f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(records, command, device):
-    lines = [
-        "# Block-sparse attention kernel on " + device, "",
-        f"Command: `{command}`", "",
+    lines = _page_head("Block-sparse attention kernel on " + device, command, [
         "Efficiency = cuDNN dense time x density / our time; vs_flex = FlexAttention time / our time "
         "(same block mask, block 128, torch.compile'd). temporal: a position-major band; our time "
         "includes the reordering pass over q, k and v (the output is written through the index map "
-        "by the kernel); Flex gets pre-reordered tensors and its reordering is not timed. bf16.", "",
-        "| shape | pattern | density | ours ms | cuDNN dense ms | flex ms | efficiency | vs_flex | max err |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        "by the kernel); Flex gets pre-reordered tensors and its reordering is not timed. bf16.",
+        "Times are GPU milliseconds per call with calls queued back to back (`dit_sparse.timing.stream_time`), "
+        "as in a model's forward, for all three kernels alike. host us: the CPU time to issue one of our calls "
+        "(argument checks and launches), which overlaps the GPU's work unless the GPU runs out of queued work."],
+        ["shape", "pattern", "density", "ours ms", "cuDNN dense ms", "flex ms", "efficiency", "vs_flex", "host us",
+         "max err"])
     for r in records:
         if r["pattern"] == "reorder":
             continue
         lines.append(
             f"| {r['shape']} | {r['pattern']} | {r['density']:.3f} | {r['ms']:.3f} | {r['cudnn_dense_ms']:.3f} | "
-            f"{r['flex_ms']:.3f} | {r['efficiency']:.3f} | {r['vs_flex']:.2f} | {r['max_abs_err']:.1e} |"
+            f"{r['flex_ms']:.3f} | {r['efficiency']:.3f} | {r['vs_flex']:.2f} | {r.get('host_us', float('nan')):.0f} | "
+            f"{r['max_abs_err']:.1e} |"
         )
     lines += ["", "## Token reordering at density 0.2", "",
               "reorder = the pass over q, k and v; overhead = (temporal - spatial) / spatial on the same block mask.", "",
@@ -272,6 +344,8 @@ def parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser
     ap.add_argument("--shapes", default="wan480,wan720", help=f"comma list of {list(SHAPES)}")
     ap.add_argument("--out", default="docs/results", help="folder for kernels_<gpu>.json/.md")
     ap.add_argument("--sweep", action="store_true", help="time tile/pipeline configs instead")
+    ap.add_argument("--phase", action="store_true", help="time key lists walked from the start vs from "
+                    "each program's launch phase instead")
     return ap
 
 
@@ -284,6 +358,8 @@ def run(args) -> dict:
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
         raise ValueError(f"--shapes: unknown shape {unknown}; choose from {list(SHAPES)}")
+    if args.sweep and args.phase:
+        raise ValueError("--sweep and --phase are two different runs; choose one")
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)
@@ -292,20 +368,26 @@ def run(args) -> dict:
     records = []
     t0 = time.time()
     for name in names:
-        run_shape(name, flex, records, sweep=args.sweep)
+        if args.phase:
+            run_phase(name, records)
+        else:
+            run_shape(name, flex, records, sweep=args.sweep)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = ("kernel_sweep_" if args.sweep else "kernels_") + gpu_tag(device)
+    kind = "kernel_phase_" if args.phase else "kernel_sweep_" if args.sweep else "kernels_"
+    stem = kind + gpu_tag(device)
     path = out / f"{stem}.json"
     command = getattr(args, "command", None) or "python scripts/bench_kernels.py " + " ".join(sys.argv[1:])
-    if not args.sweep and path.exists():
+    if not args.sweep and path.exists():  # one table per GPU, built up over runs of shape groups
         shapes = {tuple(r["shape"]) for r in records}
         records = [r for r in json.loads(path.read_text()) if tuple(r["shape"]) not in shapes] + records
     path.write_text(json.dumps(records, indent=1))
     meta = dict(device=device, torch=torch.__version__, triton=__import__("triton").__version__,
                 python=platform.python_version(), seconds=round(time.time() - t0))
     (out / f"{stem}_meta.json").write_text(json.dumps(dict(meta, command=command), indent=1))
-    if not args.sweep:
+    if args.phase:
+        (out / f"{stem}.md").write_text(phase_markdown(records, command, device))
+    elif not args.sweep:
         (out / f"{stem}.md").write_text(markdown(records, command, device))
     print(json.dumps(meta))
     return meta

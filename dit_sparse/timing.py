@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +28,36 @@ def cuda_time(fn, reps=None, budget_ms=1500.0) -> float:
     first = timed_ms(fn)
     reps = reps or max(5, min(50, int(budget_ms / max(first, 1e-3))))
     return statistics.median(timed_ms(fn) for _ in range(reps))
+
+
+def stream_time(fn, budget_ms=1500.0, batch_ms=20.0) -> float:
+    """Median milliseconds per call of `fn()` with calls run back to back, timed in batches of
+    about `batch_ms` between two CUDA events. The host queues each call while the GPU runs the
+    one before, as it does in a model's forward, so this is the GPU's time per call; `cuda_time`
+    instead waits for the GPU before each call and so adds the host's launch work to calls
+    shorter than it (see `host_time_us`)."""
+    fn()
+    torch.cuda.synchronize()
+    first = timed_ms(fn)
+    calls = max(1, min(1000, int(batch_ms / max(first, 1e-3))))
+    batches = max(5, min(50, int(budget_ms / max(first * calls, 1e-3))))
+    per_call = []
+    for _ in range(batches):
+        per_call.append(timed_ms(lambda: [fn() for _ in range(calls)]) / calls)
+    return statistics.median(per_call)
+
+
+def host_time_us(fn, calls=100) -> float:
+    """Microseconds the host takes to issue one `fn()` call (Python, argument checks, kernel
+    launches) while the GPU works through the queue; a call on an idle GPU takes at least this."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
 
 
 def write_gpu_results(out, prefix: str, device: str, data: dict, markdown: str) -> Path:
