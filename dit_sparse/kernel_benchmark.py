@@ -262,7 +262,7 @@ def run_phase(name, records):
     nb = math.ceil(S / BLOCK)
     gen = torch.Generator().manual_seed(0)
     (q, k, v), cudnn_ms, is_text = shape_inputs(name)
-    phased = default_config(BLOCK, sm_count=torch.cuda.get_device_properties(q.device).multi_processor_count)
+    phased = default_config(BLOCK, device=q.device)
     configs = {"from_start": dataclasses.replace(phased, resident_programs=0), "phased": phased}
     for pattern, target in itertools.product(("random", "spatial"), (0.1, 0.2, 0.5)):
         mask, idx, cnt = block_lists(pattern, target, H, nb, is_text, gen)

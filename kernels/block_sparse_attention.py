@@ -44,20 +44,18 @@ class KernelConfig:
     resident_programs: int = 0
 
 
-def default_config(block_size: int, tma: bool = True, sm_count: int = 0) -> KernelConfig:
+def default_config(block_size: int, tma: bool = True, device: torch.device | str | None = None) -> KernelConfig:
     """Tuned on an H100 (docs/results/kernel_sweep_h100.json): 128 x 64 tiles, 4 warps, 2 stages
     (two programs per SM); TMA tiles with the tail-only mask, pointer tiles with the per-tile
-    mask; key lists rotated by launch phase over the 2 x `sm_count` resident programs
-    (docs/results/kernel_phase_h100.md)."""
+    mask; on a CUDA `device`, key lists rotated by launch phase over its 2 x SMs resident
+    programs (docs/results/kernel_phase_h100.md), elsewhere walked from the start."""
     block_m = min(128, block_size)
     block_n = min(64, block_size)
+    sms = 0
+    if device is not None and torch.device(device).type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
     return KernelConfig(block_m, block_n, num_warps=4, num_stages=2, tma=tma, tail_branch=tma,
-                        resident_programs=2 * sm_count)
-
-
-def _sm_count(x: torch.Tensor) -> int:
-    """Streaming multiprocessors of x's GPU (0 off CUDA, e.g. under the interpreter)."""
-    return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
+                        resident_programs=2 * sms)
 
 
 @triton.jit
@@ -91,9 +89,13 @@ def _empty_softmax_state(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _key_tile_start(idx_row, j, sin_, NB, SUB: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """First key row of the j-th tile of a query block's list (SUB tiles per listed block), and
-    whether it lies in the last (possibly partial) block. Bad indices are clamped, never read."""
+def _key_tile_start(idx_row, j, first, n, sin_, NB, SUB: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """First key row of the j-th tile visited in a query block's list of n tiles (SUB per listed
+    block), visited from tile `first` on and wrapping around, and whether it lies in the last
+    (possibly partial) block. Bad indices are clamped, never read."""
+    j = j + first
+    j = tl.where(j >= n, j - n, j)
     kb = tl.load(idx_row + (j // SUB) * sin_)
     kb = tl.minimum(tl.maximum(kb, 0), NB - 1)
     return kb * BLOCK_SIZE + (j % SUB) * BLOCK_N, kb == NB - 1
@@ -110,12 +112,6 @@ def _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, st
         t = tl.minimum(tl.maximum(t, 0), NT - 1)
     count = tl.load(CNT + b * scb + h * sch + t * sct + qblk * scm)
     return IDX + b * sib + h * sih + t * sit + qblk * sim, count
-
-
-@triton.jit
-def _wrap(j, n):
-    """j in [0, 2n) brought into [0, n)."""
-    return tl.where(j >= n, j - n, j)
 
 
 @triton.jit
@@ -153,7 +149,7 @@ def _attend_query_tile(q_desc, k_desc, v_desc, b, h, pid_m, pid_bh, idx_row, cou
     n = count * SUB
     first = _first_tile(count, pid_m, pid_bh, RESIDENT, SUB, ROTATE)
     for j in range(0, n):
-        start, is_tail = _key_tile_start(idx_row, _wrap(j + first, n), sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
+        start, is_tail = _key_tile_start(idx_row, j, first, n, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
         k = k_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
         v = v_desc.load([b, h, start, 0]).reshape(BLOCK_N, BLOCK_D)
         m_i, l_i, acc = _online_softmax_step(q, k, v, m_i, l_i, acc, start + offs_n, S, qk_scale, is_tail, TAIL_BRANCH)
@@ -244,7 +240,7 @@ def _bsa_fwd_kernel(
     n = count * SUB
     first = _first_tile(count, pid_m, pid_bh, RESIDENT, SUB, ROTATE)
     for j in range(0, n):
-        start, is_tail = _key_tile_start(idx_row, _wrap(j + first, n), sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
+        start, is_tail = _key_tile_start(idx_row, j, first, n, sin_, NB, SUB, BLOCK_SIZE, BLOCK_N)
         cols = start + offs_n
         k_rows = cols
         if REORDER:
@@ -469,7 +465,7 @@ def block_sparse_attention(
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = _output_like(q)
     tma = _tma_ok(q, k, v, out)
-    cfg = config or default_config(block_size, tma, _sm_count(q))
+    cfg = config or default_config(block_size, tma, q.device)
     if block_size % cfg.block_m or block_size % cfg.block_n:
         raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
     lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out
