@@ -8,6 +8,7 @@ from . import hooks
 from .config import SparseAttentionConfig
 from .families import find_family, supported
 from .runtime import SparseRuntime
+from .schedule import SchedulerClock
 
 TRANSFORMER_ATTRIBUTES = ("transformer", "transformer_2")  # Wan 2.2 A14B carries two
 HANDLE_ATTRIBUTE = "_dit_sparse_handle"
@@ -49,9 +50,9 @@ class SparseAttention:
 
     def set_config(self, config: SparseAttentionConfig):
         """Switch to another config (plans and counts start afresh)."""
-        self.config = config
         for r in self.runtimes.values():
             r.set_config(config)
+        self.config = config
 
     def stats(self) -> dict:
         """Per self-attention layer ("<transformer>.<index>") and CFG branch: head kinds and
@@ -111,21 +112,6 @@ def _transformers_of(target) -> dict[str, torch.nn.Module]:
     )
 
 
-def _step_counter(target):
-    """A callable giving the pipeline's number of denoising steps once its scheduler is set."""
-    scheduler = getattr(target, "scheduler", None)
-    if scheduler is None:
-        return None
-
-    def num_steps():
-        timesteps = getattr(scheduler, "timesteps", None)
-        if timesteps is None or len(timesteps) == 0:
-            return None
-        return len(timesteps) // max(1, getattr(scheduler, "order", 1))
-
-    return num_steps
-
-
 def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttention:
     """Give the self-attention layers of a pipeline's transformer(s), or of a transformer,
     sparse processors. Applying again returns the same handle (with `config`, if given)."""
@@ -146,17 +132,18 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
             )
     config = config or SparseAttentionConfig()
     runtimes, originals = {}, []
-    num_steps = _step_counter(target)
+    scheduler = getattr(target, "scheduler", None)
+    clock = SchedulerClock(scheduler) if scheduler is not None else None
     for name, transformer in transformers.items():
         family = find_family(transformer)
-        runtime = SparseRuntime(config, name)
+        runtime = SparseRuntime(config, name, clock)
         for layer, module in family.self_attention(transformer):
             processor = family.make_processor(module.processor, runtime, layer)
             _hand_on_settings(module.processor, processor)  # the stock path keeps them
             originals.append((module, module.processor))
             module.set_processor(processor)
             runtime.layers.append(layer)
-        hooks.attach(transformer, hooks.StepHook(runtime, family, num_steps))
+        hooks.attach(transformer, hooks.StepHook(runtime, family))
         runtimes[name] = runtime
     handle = SparseAttention(config, runtimes, originals, transformers)
     for transformer in transformers.values():

@@ -23,18 +23,18 @@ class StepHook(ModelHook):
     transformer's forward and so before every diffusers hook wrapping it: under context
     parallelism it sees the whole sequence that diffusers' split hook then shards, whether
     `enable_parallelism` came before or after `apply`. The diffusers hook itself is there only to
-    receive the cache context, and is marked stateful for that (`cache_context(...)` sets the
-    context on every StateManager of stateful hooks); the state itself lives on the runtime, which
-    resets on its own when a new generation starts.
+    receive the cache context and the end of each pipeline call: it is stateful, so
+    `cache_context(...)` sets the context on its StateManager, and the pipeline's
+    `maybe_free_model_hooks` calls its `reset_state` when a generation ends. The state itself
+    lives on the runtime.
     """
 
     _is_stateful = True
 
-    def __init__(self, runtime, family, num_steps=None):
+    def __init__(self, runtime, family):
         super().__init__()
         self.runtime = runtime
         self.family = family
-        self.num_steps = num_steps  # callable giving the pipeline's step count, or None
         self.context = StateManager(_NoState)
         self.pre_hook = None  # handle of the torch forward pre-hook, set by attach
 
@@ -49,10 +49,11 @@ class StepHook(ModelHook):
         # the class's forward: the instance's one is wrapped by hooks and takes *args, **kwargs
         inputs = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
         grid = self.family.grid(module, inputs)
-        num_steps = self.num_steps() if self.num_steps else None
-        self.runtime.begin_call(grid, inputs.get("timestep"), self.context._context, num_steps)
+        self.runtime.begin_call(grid, inputs.get("timestep"), self.context._context)
 
     def reset_state(self, module):
+        """The pipeline's call has ended: the next call starts a new generation."""
+        self.runtime.end_generation()
         return module
 
 

@@ -17,6 +17,7 @@ import torch
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
 from .plan_cache import PlanCache
+from .schedule import SchedulerClock
 
 
 class ShardedBranch(NamedTuple):
@@ -28,8 +29,9 @@ class ShardedBranch(NamedTuple):
 
 
 class SparseRuntime:
-    def __init__(self, config: SparseAttentionConfig, name: str = "transformer"):
+    def __init__(self, config: SparseAttentionConfig, name: str = "transformer", clock: SchedulerClock | None = None):
         self.name = name
+        self.clock = clock  # the pipeline's scheduler; None for a bare transformer
         self.enabled = True
         self.grid: TokenGrid | None = None
         self.num_steps: int | None = None
@@ -38,7 +40,16 @@ class SparseRuntime:
         self.set_config(config)
 
     def set_config(self, config: SparseAttentionConfig):
-        """Switch to another config: plans and counts start afresh."""
+        """Switch to another config: plans and counts start afresh. A fraction of dense steps
+        needs the step count, which only a pipeline's scheduler gives: refused without one, so
+        that no generation fails half way."""
+        if self.clock is None and isinstance(config.dense_steps, float) and config.dense_steps > 0:
+            raise ValueError(
+                f"SparseAttentionConfig.dense_steps={config.dense_steps} is a fraction of the denoising steps, but "
+                f"dit_sparse was applied to a bare transformer ({self.name}), which does not know how many steps a "
+                "generation has. Apply it to the pipeline instead (dit_sparse.apply(pipe)), whose scheduler gives the "
+                "step count, or give dense_steps as a count, e.g. SparseAttentionConfig.preset('balanced', dense_steps=10)."
+            )
         self.config = config
         self.cache = PlanCache(config)
         self.reset()
@@ -47,27 +58,49 @@ class SparseRuntime:
         """Forget plans, counts and step bookkeeping (a new generation)."""
         self.cache.reset()
         self.step = 0
+        self._ended = False
+        self._timesteps = None  # the scheduler's timesteps tensor of this generation
         self._last_timestep: float | None = None
         self._calls_this_step = 0
         self._names_this_step: set = set()
         self.layer_calls: dict = {}  # self-attention calls per layer, dense or sparse
         self.steps_by_branch: dict = defaultdict(lambda: {"dense": set(), "sparse": set()})
 
-    def begin_call(self, grid: TokenGrid | None, timestep, context=None, num_steps: int | None = None):
+    def end_generation(self):
+        """The pipeline's call has ended (diffusers resets stateful hooks there): the next call
+        starts a new generation. Plans and statistics stay readable until then."""
+        self._ended = True
+
+    def begin_call(self, grid: TokenGrid | None, timestep, context=None):
         """Called by the hook before each transformer forward.
 
-        The step comes from diffusers' cache context when the pipeline gives one (`step_index`),
-        else from the timestep: a new value is the next step, a larger one a new generation.
-        The CFG branch is the context's name ("cond", "uncond", "cond_uncond"), else the call's
-        ordinal within its step (Wan without contexts calls cond, then uncond).
+        A new generation starts after `end_generation`, when the pipeline's scheduler has new
+        timesteps, or when the step index falls. The step is diffusers' cache context's
+        `step_index` where the pipeline passes one, else the scheduler's step index (shared by
+        every transformer of the pipeline). Without either (a bare transformer, or a scheduler
+        that keeps no step index) it is guessed from the timestep: a new value is the next step,
+        a larger one a new generation. The CFG branch is the context's name ("cond", "uncond",
+        "cond_uncond"), else the call's ordinal within its step (Wan without contexts calls
+        cond, then uncond).
         """
         self.grid = grid
+        position = self.clock.read() if self.clock is not None else None
         step_index = getattr(context, "step_index", None)
+        if step_index is None and position is not None:
+            step_index = position.step
         t = _scalar(timestep)
+        new_generation = (
+            self._ended
+            or (position is not None and self._timesteps is not None and position.timesteps is not self._timesteps)
+            or (step_index is not None and step_index < self.step)
+            # timesteps only fall within a generation (the guess where no scheduler says)
+            or (position is None and t is not None and self._last_timestep is not None and t > self._last_timestep)
+        )
+        if new_generation:
+            self.reset()
+        if position is not None:
+            self._timesteps = position.timesteps
         last = self._last_timestep
-        if (step_index is not None and step_index < self.step) or (t is not None and last is not None and t > last):
-            self.reset()  # timesteps only fall within a generation
-            last = None
         name = getattr(context, "name", None)
         if step_index is not None:
             new_step = step_index != self.step
@@ -81,7 +114,7 @@ class SparseRuntime:
             self._calls_this_step = 0
             self._names_this_step = set()
         self._last_timestep = t
-        self.num_steps = getattr(context, "num_inference_steps", None) or num_steps
+        self.num_steps = getattr(context, "num_inference_steps", None) or (position.num_steps if position else None)
         self.branch = name if name is not None else self._calls_this_step
         self._calls_this_step += 1
         self._names_this_step.add(name)

@@ -115,7 +115,7 @@ def test_named_branch_repeating_starts_a_new_step_even_with_equal_timesteps():
 
     from dit_sparse.runtime import SparseRuntime
 
-    runtime = SparseRuntime(SparseAttentionConfig())
+    runtime = SparseRuntime(SparseAttentionConfig(dense_steps=0))
     cond, uncond = SimpleNamespace(name="cond"), SimpleNamespace(name="uncond")
     seen = []
     for t, context in [(0.5, cond), (0.5, uncond), (0.5, cond), (0.5, uncond), (0.25, cond)]:

@@ -149,7 +149,7 @@ def test_processor_with_padded_mask_matches_stock_processor():
     mask = torch.tensor([[True] * 7 + [False] * 3] * 2)
     stock = attn.processor(attn, image, text, mask)
     runtime = SparseRuntime(SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY))
-    runtime.begin_call(TokenGrid(1, 6, 8, 7, "prefix"), timestep=1.0, num_steps=1)
+    runtime.begin_call(TokenGrid(1, 6, 8, 7, "prefix"), timestep=1.0)
     sparse = SparseQwenDoubleStreamAttnProcessor(runtime, layer=1)(attn, image, text, mask)
     assert runtime.cache.sparse_calls == 1
     for got, expected in zip(sparse, stock):
