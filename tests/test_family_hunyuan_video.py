@@ -5,7 +5,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 import dit_sparse
 from dit_sparse import SparseAttentionConfig
 from dit_sparse.geometry import TokenGrid
-from dit_sparse.families import hunyuan_video
+from dit_sparse.families import base as family_base, hunyuan_video
 
 import family_checks as checks
 
@@ -126,13 +126,13 @@ def test_dense_steps_attend_valid_tokens_unmasked(monkeypatch):
     stock = checks.generate(pipe, kwargs)
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=1.0, **checks.TINY))
     masks = []
-    original = hunyuan_video.dispatch_attention_fn
+    original = family_base.dispatch_attention_fn
 
     def spy(query, key, value, attn_mask=None, **kw):
         masks.append((query.shape[1], key.shape[1], attn_mask is None))
         return original(query, key, value, attn_mask=attn_mask, **kw)
 
-    monkeypatch.setattr(hunyuan_video, "dispatch_attention_fn", spy)
+    monkeypatch.setattr(family_base, "dispatch_attention_fn", spy)
     out = checks.generate(pipe, kwargs)
     torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
     full = [m for m in masks if m[0] == m[1]]  # video + valid text rows against the same keys

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..context_parallel import context_parallel_attention, ulysses_degree
 from ..geometry import TokenGrid
@@ -35,7 +37,8 @@ class ModelFamily:
 
 class SparseProcessor:
     """Mixed in before a stock attention processor: binds it to the transformer's runtime and
-    to its layer index (the key of its plans)."""
+    to its layer index (the key of its plans), and makes the one sparse-or-dense decision every
+    family processor goes through (`attend`)."""
 
     def __init__(self, runtime, layer: int):
         super().__init__()
@@ -54,14 +57,56 @@ class SparseProcessor:
         parallel = self._context_parallel_config()
         return 1 if parallel is None else ulysses_degree(parallel)
 
-    def sparse_attention(self, query, key, value):
-        """This layer's sparse attention of (B, S, H, D) q, k, v, or None to run the model's own
-        attention call. Under context parallelism q, k, v are this rank's shard of the sequence
-        and the call goes through diffusers' Ulysses exchange to the "dit_sparse" backend."""
+    def attend(self, query, key, value, *, mask=None, padding: tuple[int, int] | None = None,
+               grid: TokenGrid | None = None, layout: str = "bshd"):
+        """This layer's self-attention of q, k, v: sparse where the runtime says so, else the
+        family's dense call (`dense`) with the stock `mask`.
+
+        `padding` (start, stop): a run of padded text tokens that `mask` excludes as keys. While
+        the runtime is on, those tokens are dropped instead of masked: the rest attends sparse (or
+        dense, unmasked, which is exact and spares the backend a key mask), and the padded query
+        rows attend densely to the kept keys, as they do under the mask. `grid` overrides the
+        call's grid (the kept tokens'). Under context parallelism q, k, v are this rank's shard of
+        the sequence and the sparse call goes through diffusers' Ulysses exchange.
+        """
+        if padding is None:
+            out = self._sparse(query, key, value, grid, layout)
+            return self.dense(query, key, value, mask, layout) if out is None else out
+        if not self.runtime.enabled:
+            return self.dense(query, key, value, mask, layout)
+        start, stop = padding
+        dim = 1 if layout == "bshd" else 2
+        kept = [_drop(x, start, stop, dim) for x in (query, key, value)]
+        out = self._sparse(*kept, grid, layout)
+        if out is None:
+            out = self.dense(*kept, None, layout)
+        padded = self.dense(query.narrow(dim, start, stop - start), kept[1], kept[2], None, layout)
+        parts = (out.narrow(dim, 0, start), padded.to(out.dtype), out.narrow(dim, start, out.shape[dim] - start))
+        return torch.cat([p for p in parts if p.shape[dim]], dim=dim)
+
+    def _sparse(self, query, key, value, grid, layout):
         parallel = self._context_parallel_config()
         if parallel is not None:
             return context_parallel_attention(query, key, value, self.runtime, self.layer, parallel)
-        return self.runtime.attention(query, key, value, self.layer)
+        return self.runtime.attention(query, key, value, self.layer, layout=layout, grid=grid)
+
+    def dense(self, query, key, value, mask=None, layout: str = "bshd"):
+        """Full attention as the stock processor runs it: through diffusers' attention dispatch
+        with the processor's backend and parallel settings for (B, S, H, D) q, k, v; with torch's
+        SDPA for (B, H, S, D) (the processors that call it directly: CogVideoX, SD3)."""
+        if layout == "bhsd":
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return dispatch_attention_fn(
+            query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False,
+            backend=getattr(self, "_attention_backend", None), parallel_config=getattr(self, "_parallel_config", None),
+        )
+
+
+def _drop(x, start: int, stop: int, dim: int):
+    """`x` without positions [start, stop) of `dim`: a view where they end the sequence."""
+    if stop >= x.shape[dim]:
+        return x.narrow(dim, 0, start)
+    return torch.cat([x.narrow(dim, 0, start), x.narrow(dim, stop, x.shape[dim] - stop)], dim=dim)
 
 
 def rotate_query_key(query, key, rotary_emb):

@@ -12,7 +12,6 @@ ids in another order) gives no grid, so those calls run stock.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from ..geometry import TokenGrid
@@ -46,12 +45,7 @@ class SparseFluxAttnProcessor(SparseProcessor, FluxAttnProcessor):
 
         grid = self.runtime.grid  # of the whole sequence; a rank under context parallelism holds a shard of it
         fits = attention_mask is None and grid is not None and query.shape[1] * self.sequence_shards == grid.num_tokens
-        out = self.sparse_attention(query, key, value) if fits else None
-        if out is None:
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
+        out = self.attend(query, key, value) if fits else self.dense(query, key, value, attention_mask)
         hidden_states = out.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:

@@ -12,7 +12,6 @@ run the stock attention.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from ..geometry import TokenGrid
@@ -56,26 +55,11 @@ class SparseHunyuanVideoAttnProcessor(SparseProcessor, HunyuanVideoAttnProcessor
         ):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         query, key, value = _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        valid = grid.num_tokens
-        out = self.runtime.attention(query[:, :valid], key[:, :valid], value[:, :valid], self.layer, grid=grid)
-        if out is None and self.runtime.enabled and valid < query.shape[1]:
-            # a dense layer or step: the same full attention over the valid tokens, unmasked (a key
-            # mask makes cuDNN ~1.4x slower at 720p; docs/results/e2e_notes.md)
-            out = dispatch_attention_fn(
-                query[:, :valid], key[:, :valid], value[:, :valid], dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-        if out is None:
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-        elif valid < query.shape[1]:  # padded text queries: the stock masked attention, for those rows
-            padded = dispatch_attention_fn(
-                query[:, valid:], key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-            out = torch.cat([out, padded], dim=1)
+        valid, total = grid.num_tokens, query.shape[1]
+        # padded text dropped rather than masked, in dense layers and steps too (a key mask makes
+        # cuDNN ~1.4x slower at 720p; docs/results/e2e_notes.md)
+        padding = (valid, total) if valid < total else None
+        out = self.attend(query, key, value, mask=attention_mask, padding=padding, grid=grid)
         out = out.flatten(2, 3).to(query.dtype)
         text = encoder_hidden_states.shape[1]
         hidden_states, encoder_hidden_states = out[:, :-text], out[:, -text:]

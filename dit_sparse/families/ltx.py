@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor, apply_rotary_emb
 
 from ..geometry import TokenGrid
@@ -28,13 +27,7 @@ class SparseLTXVideoAttnProcessor(SparseProcessor, LTXVideoAttnProcessor):
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        out = self.sparse_attention(query, key, value)
-        if out is None:
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
-        out = out.flatten(2, 3).to(query.dtype)
+        out = self.attend(query, key, value).flatten(2, 3).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 
 

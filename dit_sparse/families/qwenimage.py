@@ -16,7 +16,6 @@ gives no grid, so the call runs stock.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
     apply_rotary_emb_qwen,
@@ -67,12 +66,12 @@ class SparseQwenDoubleStreamAttnProcessor(SparseProcessor, QwenDoubleStreamAttnP
         joint_key = torch.cat([txt_key, img_key], dim=1)
         joint_value = torch.cat([txt_value, img_value], dim=1)
 
-        out = self._sparse(joint_query, joint_key, joint_value, seq_txt, encoder_hidden_states_mask is not None)
-        if out is None:
-            out = dispatch_attention_fn(
-                joint_query, joint_key, joint_value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
+        grid = self.runtime.grid
+        if grid is None or joint_query.shape[1] - seq_txt + grid.text_len != grid.num_tokens:
+            out = self.dense(joint_query, joint_key, joint_value, attention_mask)
+        else:  # the grid's text_len is the valid prefix of a padded text
+            padding = (grid.text_len, seq_txt) if grid.text_len < seq_txt else None
+            out = self.attend(joint_query, joint_key, joint_value, mask=attention_mask, padding=padding)
         joint_hidden_states = out.flatten(2, 3).to(joint_query.dtype)
 
         txt_attn_output = joint_hidden_states[:, :seq_txt, :]
@@ -82,29 +81,6 @@ class SparseQwenDoubleStreamAttnProcessor(SparseProcessor, QwenDoubleStreamAttnP
             img_attn_output = attn.to_out[1](img_attn_output)
         txt_attn_output = attn.to_add_out(txt_attn_output.contiguous())
         return img_attn_output, txt_attn_output
-
-    def _sparse(self, query, key, value, seq_txt: int, masked: bool):
-        """The sparse output for the joint sequence, or None. With a padded text mask the grid's
-        text_len is the valid prefix: the sparse path sees [valid text, image] only, and the
-        padded text queries attend densely to those keys."""
-        grid = self.runtime.grid
-        if grid is None or query.shape[1] - seq_txt + grid.text_len != grid.num_tokens:
-            return None
-        valid = grid.text_len
-        if valid == seq_txt:
-            return self.runtime.attention(query, key, value, self.layer)
-        if not masked:
-            return None
-        kept_key, kept_value = (torch.cat([t[:, :valid], t[:, seq_txt:]], dim=1) for t in (key, value))
-        kept_query = torch.cat([query[:, :valid], query[:, seq_txt:]], dim=1)
-        out = self.runtime.attention(kept_query, kept_key, kept_value, self.layer)
-        if out is None:
-            return None
-        padded = dispatch_attention_fn(
-            query[:, valid:seq_txt], kept_key, kept_value, dropout_p=0.0, is_causal=False,
-            backend=self._attention_backend, parallel_config=self._parallel_config,
-        )
-        return torch.cat([out[:, :valid], padded.to(out.dtype), out[:, valid:]], dim=1)
 
 
 def _image_shape(img_shapes):

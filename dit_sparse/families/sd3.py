@@ -5,7 +5,6 @@ self-attention over the image tokens only (`attn2`)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from ..geometry import TokenGrid
@@ -30,11 +29,10 @@ class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
         grid = self.runtime.grid
         if grid is not None and encoder_hidden_states is None:  # attn2: the image tokens alone
             grid = TokenGrid(grid.frames, grid.height, grid.width)
-        out = None
         if grid is not None and grid.num_tokens == query.shape[2]:
-            out = self.runtime.attention(query, key, value, self.layer, layout="bhsd", grid=grid)
-        if out is None:
-            out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+            out = self.attend(query, key, value, grid=grid, layout="bhsd")
+        else:
+            out = self.dense(query, key, value, layout="bhsd")
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
 
         if encoder_hidden_states is not None:

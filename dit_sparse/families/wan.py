@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from ..geometry import TokenGrid
@@ -24,12 +23,10 @@ class SparseWanAttnProcessor(SparseProcessor, WanAttnProcessor):
         value = value.unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             query, key = interleaved_rotary(query, key, *rotary_emb)
-        out = self.sparse_attention(query, key, value) if attention_mask is None else None
-        if out is None:
-            out = dispatch_attention_fn(
-                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                backend=self._attention_backend, parallel_config=self._parallel_config,
-            )
+        if attention_mask is None:
+            out = self.attend(query, key, value)
+        else:
+            out = self.dense(query, key, value, attention_mask)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
