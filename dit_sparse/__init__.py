@@ -6,6 +6,7 @@ from .geometry import TokenGrid
 from .pattern_bank import PatternBank
 from .plan_cache import PlanCache
 from .profiling import HeadPlan, profile_heads
+from .stats import PlanStats, SparseStats
 
 __version__ = "0.1.0"
 
@@ -13,8 +14,10 @@ __all__ = [
     "HeadPlan",
     "PatternBank",
     "PlanCache",
+    "PlanStats",
     "SparseAttention",
     "SparseAttentionConfig",
+    "SparseStats",
     "TokenGrid",
     "UnsupportedModelError",
     "apply",

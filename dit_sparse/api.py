@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import torch
+from diffusers.utils import logging
 
 from . import hooks
 from .config import SparseAttentionConfig
 from .families import find_family, supported
 from .runtime import SparseRuntime
 from .schedule import SchedulerClock
+from .stats import SparseStats
 
 TRANSFORMER_ATTRIBUTES = ("transformer", "transformer_2")  # Wan 2.2 A14B carries two
 HANDLE_ATTRIBUTE = "_dit_sparse_handle"
 # processor settings diffusers sets on every attention processor (set_attention_backend,
 # enable_parallelism); a processor swap hands them on, in both directions
 PROCESSOR_SETTINGS = ("_attention_backend", "_parallel_config")
+
+
+logger = logging.get_logger(__name__)
 
 
 class UnsupportedModelError(ValueError):
@@ -29,11 +34,15 @@ class SparseAttention:
     (through the model's own attention) without removing anything.
     """
 
-    def __init__(self, config: SparseAttentionConfig, runtimes: dict[str, SparseRuntime], originals: list, transformers: dict):
-        self.config = config
+    def __init__(self, runtimes: dict[str, SparseRuntime], originals: list, transformers: dict):
         self.runtimes = runtimes
         self._originals = originals  # (attention module, its processor before apply)
         self._transformers = transformers  # name -> transformer
+
+    @property
+    def config(self) -> SparseAttentionConfig:
+        """The config in force (each runtime holds it; they all hold the same)."""
+        return next(iter(self.runtimes.values())).config
 
     @property
     def enabled(self) -> bool:
@@ -52,26 +61,13 @@ class SparseAttention:
         """Switch to another config (plans and counts start afresh)."""
         for r in self.runtimes.values():
             r.set_config(config)
-        self.config = config
 
-    def stats(self) -> dict:
+    def stats(self) -> SparseStats:
         """Per self-attention layer ("<transformer>.<index>") and CFG branch: head kinds and
         densities of the latest plan (layers that never ran sparse are absent; `layer_indices`
-        lists every layer per transformer); totals over all transformers of this generation."""
-        per = {name: r.stats() for name, r in self.runtimes.items()}
-        layers = {f"{name}.{layer}": v for name, s in per.items() for layer, v in s["layers"].items()}
-        sparse = sum(s["sparse_calls"] for s in per.values())
-        weighted = sum((s["mean_density"] or 0.0) * s["sparse_calls"] for s in per.values())
-        return {
-            "layers": layers,
-            "layer_indices": {name: s["layer_indices"] for name, s in per.items()},
-            "mean_density": weighted / sparse if sparse else None,
-            "num_profiles": sum(s["num_profiles"] for s in per.values()),
-            "dense_calls": sum(s["dense_calls"] for s in per.values()),
-            "sparse_calls": sparse,
-            "steps": {name: s["steps"] for name, s in per.items()},
-            "config": self.config.__dict__.copy(),
-        }
+        lists every layer per transformer); totals over all transformers of this generation.
+        `.as_dict()` gives it as plain dicts."""
+        return SparseStats.merge([r.stats() for r in self.runtimes.values()])
 
     def remove(self):
         """Restore the processors that were there before, with the settings diffusers gave the
@@ -145,10 +141,27 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
             runtime.layers.append(layer)
         hooks.attach(transformer, hooks.StepHook(runtime, family))
         runtimes[name] = runtime
-    handle = SparseAttention(config, runtimes, originals, transformers)
+        sparse = [layer for layer in runtime.layers if layer >= config.dense_layers]
+        logger.info(
+            "dit_sparse: %s (%s): %d of %d self-attention layers can run sparse (%s); the first %d stay dense "
+            "(dense_layers), and so do the first dense_steps=%s steps", name, type(transformer).__name__,
+            len(sparse), len(runtime.layers), _ranges(sparse), config.dense_layers, config.dense_steps,
+        )
+    handle = SparseAttention(runtimes, originals, transformers)
     for transformer in transformers.values():
         setattr(transformer, HANDLE_ATTRIBUTE, handle)
     return handle
+
+
+def _ranges(indices: list[int]) -> str:
+    """"1-5, 8" for [1, 2, 3, 4, 5, 8]."""
+    runs = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def remove(target) -> None:

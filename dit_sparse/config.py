@@ -11,15 +11,16 @@ PRESETS = {
     # From the quality study on the bundled demo model (docs/results/quality_demo.md, 48 clips):
     # re-profiling every 2nd sparse step loses 0.18 dB against every step where every 5th loses
     # 0.96 dB at recall 0.95, and a 20% dense warm-up beats 10% and 0% (35.3 / 33.7 / 33.7 dB).
+    # "balanced" is the field defaults below, so SparseAttentionConfig() and apply(pipe) are it.
     "quality": dict(dense_steps=0.25, dense_layers=1, refresh_every=2, recall=0.98),
-    "balanced": dict(dense_steps=0.2, dense_layers=1, refresh_every=2, recall=0.95),
+    "balanced": dict(),
     "fast": dict(dense_steps=0.1, dense_layers=1, refresh_every=5, recall=0.9),
 }
 
 
 @dataclass
 class SparseAttentionConfig:
-    """Settings of the sparse attention engine.
+    """Settings of the sparse attention engine; the defaults are the "balanced" preset.
 
     Acceptance rule: a candidate pattern (kind x width) is accepted for a head when it keeps,
     averaged over the sampled query rows, at least `recall` of their exact attention mass; the
@@ -34,13 +35,19 @@ class SparseAttentionConfig:
     """First denoising steps with full attention: float in [0, 1] = fraction, int = count."""
     dense_layers: int = 1
     """The first N transformer blocks always run full attention."""
-    refresh_every: int = 5
+    refresh_every: int = 2
     """Re-profile every N sparse steps; 1 = every step, 0 = once per generation."""
     num_sampled_queries: int = 64
+    """Query rows per head whose exact attention profiling measures (spread over the video)."""
     block_size: int = 128
+    """Tokens per query and key block of the block-sparse kernel (a power of two >= 16)."""
     backend: str = "auto"
+    """Kernels: "triton" (CUDA), "torch" (the PyTorch reference) or "auto" (Triton on CUDA, else torch)."""
     recall: float = 0.95
+    """Attention mass of the sampled rows a head's band must keep (else the head stays dense)."""
     density: float | None = None
+    """None: adaptive (each head's cheapest band that keeps `recall`); a fraction in (0, 1]:
+    every band sized to that fraction of the key blocks (Sparse VideoGen's `sparsity`)."""
     first_frame_sink: bool = False
     """Spatial heads also attend to the first frame (an attention sink)."""
 

@@ -312,7 +312,7 @@ def generate(pipe, spec: PipelineSpec, request: GenerationRequest, handle=None) 
     frames = output.frames[0] if spec.video else output.images[0][None]
     frames = np.clip(np.asarray(frames, dtype=np.float32), 0.0, 1.0)
     steps = len(pipe.scheduler.timesteps) // max(1, getattr(pipe.scheduler, "order", 1))
-    stats = handle.stats() if handle is not None and handle.enabled else None
+    stats = handle.stats().as_dict() if handle is not None and handle.enabled else None
     return GenerationResult(frames=frames, wall_s=wall, transformer_s=timer.seconds, steps=steps, stats=stats,
                             extra=dict(transformer_calls=timer.calls))
 

@@ -1,5 +1,5 @@
 """PNG plots of a comparison: head kinds per layer and head, density per layer, speed against
-PSNR. Inputs are `SparseAttention.stats()` dicts and the report's per-preset summaries."""
+PSNR. Inputs are `SparseAttention.stats().as_dict()` dicts and the report's per-preset summaries."""
 
 from __future__ import annotations
 

@@ -13,11 +13,15 @@ from collections import defaultdict
 from typing import NamedTuple
 
 import torch
+from diffusers.utils import logging
 
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
 from .plan_cache import PlanCache
 from .schedule import SchedulerClock
+from .stats import PlanStats, SparseStats
+
+logger = logging.get_logger(__name__)
 
 
 class ShardedBranch(NamedTuple):
@@ -50,9 +54,12 @@ class SparseRuntime:
                 "generation has. Apply it to the pipeline instead (dit_sparse.apply(pipe)), whose scheduler gives the "
                 "step count, or give dense_steps as a count, e.g. SparseAttentionConfig.preset('balanced', dense_steps=10)."
             )
-        self.config = config
         self.cache = PlanCache(config)
         self.reset()
+
+    @property
+    def config(self) -> SparseAttentionConfig:
+        return self.cache.config
 
     def reset(self):
         """Forget plans, counts and step bookkeeping (a new generation)."""
@@ -63,7 +70,6 @@ class SparseRuntime:
         self._last_timestep: float | None = None
         self._calls_this_step = 0
         self._names_this_step: set = set()
-        self.layer_calls: dict = {}  # self-attention calls per layer, dense or sparse
         self.steps_by_branch: dict = defaultdict(lambda: {"dense": set(), "sparse": set()})
 
     def end_generation(self):
@@ -130,6 +136,8 @@ class SparseRuntime:
         """
         grid = grid or self.grid
         if not self.enabled or grid is None:
+            logger.debug("%s layer %d: dense (%s)", self.name, layer,
+                         "sparse attention switched off" if not self.enabled else "no token grid for this call")
             return None
         if layout == "bshd":
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -141,30 +149,29 @@ class SparseRuntime:
         )
         kind = "dense" if out is None else "sparse"
         self.steps_by_branch[self.branch][kind].add(self.step)
-        self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
+        if out is None:
+            logger.debug("%s layer %d branch %s step %d: dense (%s)", self.name, layer, self.branch, self.step,
+                         f"dense_layers={self.config.dense_layers}" if layer < self.config.dense_layers
+                         else f"warm-up step, dense_steps={self.config.dense_steps}")
         if out is None:
             return None
         return out.transpose(1, 2) if layout == "bshd" else out
 
-    def stats(self) -> dict:
-        """Per layer: the kinds and densities of its latest plan per branch, and the global
-        indices [start, stop) of the heads they describe; totals."""
+    def stats(self) -> SparseStats:
+        """Per layer: the kinds and densities of its latest plan per branch; totals."""
         layers = {}
         for (layer, branch), plan in sorted(self.cache.plans.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
             branch, heads = branch if isinstance(branch, ShardedBranch) else (branch, range(plan.shape[1]))
-            layers.setdefault(layer, {})[str(branch)] = {
-                "kinds": plan.kinds, "density": plan.density.tolist(), "mean_density": plan.mean_density,
-                "profiled_at_step": plan.step, "heads": [heads.start, heads.stop],
-            }
-        return {
-            "layers": layers,
-            "layer_indices": list(self.layers),
-            "mean_density": self.cache.mean_density(),
-            "num_profiles": self.cache.num_profiles,
-            "dense_calls": self.cache.dense_calls,
-            "sparse_calls": self.cache.sparse_calls,
-            "steps": {str(b): {k: sorted(s) for k, s in d.items()} for b, d in self.steps_by_branch.items()},
-        }
+            layers.setdefault(f"{self.name}.{layer}", {})[str(branch)] = PlanStats(
+                kinds=plan.kinds, density=plan.density.tolist(), mean_density=plan.mean_density,
+                profiled_at_step=plan.step, heads=(heads.start, heads.stop),
+            )
+        steps = {str(b): {k: sorted(s) for k, s in d.items()} for b, d in self.steps_by_branch.items()}
+        return SparseStats(
+            layers=layers, layer_indices={self.name: list(self.layers)}, mean_density=self.cache.mean_density(),
+            num_profiles=self.cache.num_profiles, dense_calls=self.cache.dense_calls,
+            sparse_calls=self.cache.sparse_calls, steps={self.name: steps}, config=self.config,
+        )
 
 
 def _scalar(timestep) -> float | None:

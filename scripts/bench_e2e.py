@@ -457,10 +457,10 @@ def measure_sparse(handle, step, first_call, t0, t1, repeats, device, expected_p
         profile.append(timed(lambda: step(t0), device))
         cached.append(timed(lambda: step(t1), device))
     stats = handle.stats()
-    if stats["num_profiles"] != expected_profiles:
-        raise RuntimeError(f"a profiling step profiled {stats['num_profiles']} times, expected {expected_profiles}")
+    if stats.num_profiles != expected_profiles:
+        raise RuntimeError(f"a profiling step profiled {stats.num_profiles} times, expected {expected_profiles}")
     return dict(profile_s=statistics.median(profile), cached_s=statistics.median(cached),
-                mean_density=stats["mean_density"])
+                mean_density=stats.mean_density)
 
 
 def run_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -538,7 +538,7 @@ def run_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> lis
             if args.full_loop and spec.full_loop and name in FULL_LOOP_CONFIGS:
                 handle.set_config(cfg)
                 loops[name] = timed(loop, device)
-                loop_profiles[name] = handle.stats()["num_profiles"]
+                loop_profiles[name] = handle.stats().num_profiles
                 progress(f"full loop {name}: {loops[name]:.1f} s")
         warmup_s = measure_warmup(handle, step, t0, configs["svg"], layers, repeats, device)
         progress(f"dense step through dit_sparse {warmup_s:.3f} s")

@@ -58,20 +58,20 @@ def check(name):
     for backend in ("triton", "torch"):
         out, handle = with_config(module, SparseAttentionConfig(density=1.0, backend=backend, **TINY))
         record[f"full_bands_{backend}_vs_stock"] = float((out - stock).abs().max()) / scale
-        record[f"full_bands_{backend}_sparse_calls"] = handle.stats()["sparse_calls"]
+        record[f"full_bands_{backend}_sparse_calls"] = handle.stats().sparse_calls
     outs, kinds = {}, {}
     for backend in ("triton", "torch"):
         outs[backend], handle = with_config(module, SparseAttentionConfig(recall=0.6, backend=backend, **TINY))
         stats = handle.stats()
-        kinds[backend] = {layer: {b: v["kinds"] for b, v in branches.items()} for layer, branches in stats["layers"].items()}
-        record[f"adaptive_{backend}_mean_density"] = stats["mean_density"]
+        kinds[backend] = {layer: {b: v.kinds for b, v in branches.items()} for layer, branches in stats.layers.items()}
+        record[f"adaptive_{backend}_mean_density"] = stats.mean_density
     record["adaptive_triton_vs_torch"] = float((outs["triton"] - outs["torch"]).abs().max()) / scale
     record["adaptive_same_kinds"] = kinds["triton"] == kinds["torch"]
     record["adaptive_vs_stock"] = float((outs["triton"] - stock).abs().max()) / scale
     if name == "wan":
         out, handle = with_config(module, SparseAttentionConfig(**TINY), offload=True)
         record["cpu_offload_finite"] = bool(torch.isfinite(out).all())
-        record["cpu_offload_sparse_calls"] = handle.stats()["sparse_calls"]
+        record["cpu_offload_sparse_calls"] = handle.stats().sparse_calls
     print(json.dumps(record), flush=True)
     return record
 

@@ -37,7 +37,7 @@ def check_all_dense_steps_are_identical(build, call_kwargs, bit_exact=True):
         assert torch.equal(out, stock)
     else:
         torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
-    assert handle.stats()["sparse_calls"] == 0 and handle.stats()["dense_calls"] > 0
+    assert handle.stats().sparse_calls == 0 and handle.stats().dense_calls > 0
 
 
 def check_sparse_path_with_full_bands_matches_stock(build, call_kwargs, atol=2e-4):
@@ -48,7 +48,7 @@ def check_sparse_path_with_full_bands_matches_stock(build, call_kwargs, atol=2e-
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **TINY))
     out = generate(pipe, call_kwargs)
     stats = handle.stats()
-    assert stats["dense_calls"] == 0 and stats["sparse_calls"] > 0 and stats["num_profiles"] > 0
+    assert stats.dense_calls == 0 and stats.sparse_calls > 0 and stats.num_profiles > 0
     torch.testing.assert_close(out, stock, atol=atol, rtol=1e-3)
 
 
@@ -58,10 +58,10 @@ def check_default_config_runs_sparse(build, call_kwargs):
     out = generate(pipe, call_kwargs)
     assert torch.isfinite(out).all()
     stats = handle.stats()
-    assert stats["sparse_calls"] > 0 and stats["num_profiles"] > 0 and 0 < stats["mean_density"] <= 1
-    for layer in stats["layers"].values():
+    assert stats.sparse_calls > 0 and stats.num_profiles > 0 and 0 < stats.mean_density <= 1
+    for layer in stats.layers.values():
         for branch in layer.values():
-            assert all(kind in ("spatial", "temporal", "dense") for row in branch["kinds"] for kind in row)
+            assert all(kind in ("spatial", "temporal", "dense") for row in branch.kinds for kind in row)
 
 
 def check_remove_restores_processors(build, call_kwargs):
@@ -80,7 +80,7 @@ def check_step_and_branch_bookkeeping(build, call_kwargs, branches):
     pipe = build()
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0.5, dense_layers=0, **TINY))
     generate(pipe, lambda: {**call_kwargs(), "num_inference_steps": 4})
-    steps = handle.stats()["steps"]["transformer"]
+    steps = handle.stats().steps["transformer"]
     assert sorted(steps) == sorted(branches)
     for branch in branches:
         assert steps[branch] == {"dense": [0, 1], "sparse": [2, 3]}

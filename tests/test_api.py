@@ -23,10 +23,10 @@ def test_enabled_switches_sparsity_off_and_on():
     stock = latents(pipe)
     handle = dit_sparse.apply(pipe, SPARSE)
     handle.enabled = False
-    assert torch.equal(latents(pipe), stock) and handle.stats()["sparse_calls"] == 0
+    assert torch.equal(latents(pipe), stock) and handle.stats().sparse_calls == 0
     handle.enabled = True
     latents(pipe)
-    assert handle.stats()["sparse_calls"] > 0
+    assert handle.stats().sparse_calls > 0
 
 
 def test_two_pipelines_do_not_share_state():
@@ -37,8 +37,8 @@ def test_two_pipelines_do_not_share_state():
     latents(sparse_pipe)
     assert torch.equal(latents(dense_pipe), stock)
     latents(sparse_pipe)
-    assert dense_handle.stats()["sparse_calls"] == 0 and dense_handle.stats()["num_profiles"] == 0
-    assert sparse_handle.stats()["sparse_calls"] > 0
+    assert dense_handle.stats().sparse_calls == 0 and dense_handle.stats().num_profiles == 0
+    assert sparse_handle.stats().sparse_calls > 0
     assert dense_handle.runtimes["transformer"].cache is not sparse_handle.runtimes["transformer"].cache
 
 
@@ -52,7 +52,7 @@ def test_new_resolution_reprofiles():
     second = {key: plan.grid for key, plan in runtime.cache.plans.items()}
     assert first.keys() == second.keys()
     assert all(first[k].height == 4 and second[k].height == 6 for k in first)
-    assert handle.stats()["num_profiles"] == len(second)  # one profile per key in the new generation
+    assert handle.stats().num_profiles == len(second)  # one profile per key in the new generation
 
 
 def test_unsupported_models_get_a_clear_error():
@@ -70,7 +70,7 @@ def test_dropin_pipeline_round_trips_through_save_pretrained(tmp_path):
     pipe = SparseWanPipeline(**stock.components, sparse_config=SPARSE)
     assert isinstance(pipe, WanPipeline) and pipe.sparse_attention.config == SPARSE
     out = latents(pipe)
-    assert pipe.sparse_attention.stats()["sparse_calls"] > 0
+    assert pipe.sparse_attention.stats().sparse_calls > 0
     pipe.save_pretrained(tmp_path)
     loaded = SparseWanPipeline.from_pretrained(tmp_path, tokenizer=None, text_encoder=None, sparse_config=SPARSE)
     assert loaded.sparse_attention.config == SPARSE and loaded.sparse_attention is not pipe.sparse_attention
@@ -93,8 +93,8 @@ def test_works_alongside_first_block_cache():
     handle = dit_sparse.apply(pipe, SPARSE)
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
     out = latents(pipe, num_inference_steps=4)
-    assert torch.isfinite(out).all() and handle.stats()["sparse_calls"] > 0
-    assert set(handle.stats()["steps"]["transformer"]) == {"cond", "uncond"}
+    assert torch.isfinite(out).all() and handle.stats().sparse_calls > 0
+    assert set(handle.stats().steps["transformer"]) == {"cond", "uncond"}
 
 
 def test_applying_again_with_a_config_switches_it():
@@ -122,3 +122,48 @@ def test_named_branch_repeating_starts_a_new_step_even_with_equal_timesteps():
         runtime.begin_call(None, t, context)
         seen.append((runtime.step, runtime.branch))
     assert seen == [(0, "cond"), (0, "uncond"), (1, "cond"), (1, "uncond"), (2, "cond")]
+
+
+def test_default_config_is_the_balanced_preset_everywhere():
+    from dit_sparse.cli import build_parser
+    from dit_sparse.compare import preset_config
+
+    balanced = SparseAttentionConfig.preset("balanced")
+    assert SparseAttentionConfig() == balanced
+    pipe = build()
+    assert dit_sparse.apply(pipe).config == balanced
+    assert SparseWanPipeline(**build().components).sparse_attention.config == balanced
+    preset = build_parser().parse_args(["generate", "--prompt", "a circle"]).preset
+    assert preset_config(preset, {}) == balanced
+
+
+def test_config_is_held_once_and_statistics_are_typed():
+    import json
+
+    pipe = build(transformer_2=True)
+    handle = dit_sparse.apply(pipe, SPARSE)
+    runtimes = list(handle.runtimes.values())
+    assert all(r.config is r.cache.config is handle.config for r in runtimes)
+    latents(pipe)
+    stats = handle.stats()
+    assert isinstance(stats, dit_sparse.SparseStats) and stats.config is handle.config
+    plan = next(iter(next(iter(stats.layers.values())).values()))
+    assert isinstance(plan, dit_sparse.PlanStats) and plan.heads == (0, 2)
+    as_dict = json.loads(json.dumps(stats.as_dict()))
+    assert as_dict["sparse_calls"] == stats.sparse_calls > 0 and as_dict["config"]["block_size"] == 16
+    assert next(iter(next(iter(as_dict["layers"].values())).values()))["heads"] == [0, 2]
+    assert stats.sparse_calls == sum(r.stats().sparse_calls for r in runtimes)
+
+
+def test_logs_say_which_layers_are_sparse_and_why_calls_ran_dense(caplog):
+    import logging
+
+    pipe = build()
+    with caplog.at_level(logging.DEBUG, logger="dit_sparse"):
+        dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=1, dense_layers=1, **checks.TINY))
+        latents(pipe, num_inference_steps=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("2 of 3 self-attention layers can run sparse (1-2)" in m for m in messages)
+    assert any("layer 0 branch cond step 1: dense (dense_layers=1)" in m for m in messages)
+    assert any("layer 2 branch uncond step 0: dense (warm-up step, dense_steps=1)" in m for m in messages)
+    assert not any("layer 2 branch cond step 1: dense" in m for m in messages)

@@ -118,7 +118,7 @@ def plans(handle):
 
 def counts(handle):
     stats = handle.stats()
-    return {k: stats[k] for k in ("sparse_calls", "dense_calls", "num_profiles", "steps")}
+    return {k: getattr(stats, k) for k in ("sparse_calls", "dense_calls", "num_profiles", "steps")}
 
 
 # ---- in one process: the registry entry, the op on a subset of heads, the sequence layout ---------
@@ -175,7 +175,7 @@ def test_the_op_on_a_subset_of_heads_plans_them_by_global_index():
     assert list(part.cache.plans) == [(0, ShardedBranch(0, range(2, 4)))]
     plan, full_plan = part.cache.plans[(0, ShardedBranch(0, range(2, 4)))], whole.cache.plans[(0, 0)]
     assert torch.equal(plan.patterns, full_plan.patterns[:, 2:]) and full_plan.mean_density < 0.9
-    assert part.stats()["layers"][0]["0"]["heads"] == [2, 4] and whole.stats()["layers"][0]["0"]["heads"] == [0, 4]
+    assert part.stats().layers["transformer.0"]["0"].heads == (2, 4) and whole.stats().layers["transformer.0"]["0"].heads == (0, 4)
     with pytest.raises(ValueError, match="names 2 heads, but q holds 4"):
         part.attention(q, k, v, 0, heads=range(2, 4))
 
@@ -188,7 +188,7 @@ def test_the_op_runs_full_attention_where_the_layer_is_dense():
     out = cp.attend_heads(q, k, v, cp.SparseCall(runtime, 0, grid), heads=range(0, 2), shards=2)
     dense = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
     torch.testing.assert_close(out, dense)
-    assert runtime.stats()["dense_calls"] == 1 and not runtime.cache.plans
+    assert runtime.stats().dense_calls == 1 and not runtime.cache.plans
 
 
 @pytest.mark.parametrize("position", ["prefix", "suffix"])
@@ -260,8 +260,8 @@ def rank_main(rank, port, out_dir):
                 model.enable_parallelism(config=parallel)
                 handle = dit_sparse.apply(model, config(name))
             results[name] = dict(outputs=run(model, inputs, timestep), plans=plans(handle), counts=counts(handle),
-                                 stats_heads={layer: {b: v["heads"] for b, v in branches.items()}
-                                              for layer, branches in handle.stats()["layers"].items()})
+                                 stats_heads={layer: {b: v.heads for b, v in branches.items()}
+                                              for layer, branches in handle.stats().layers.items()})
             if name == "flux":  # remove() hands enable_parallelism's setting back to the stock processors
                 handle.remove()
                 results[name]["removed"] = run(model, inputs, timestep)
@@ -312,7 +312,7 @@ def single():
         stock = run(model, inputs, timestep) if name == "flux" else None
         handle = dit_sparse.apply(model, config(name))
         results[name] = dict(outputs=run(model, inputs, timestep), plans=plans(handle), counts=counts(handle),
-                             stock=stock, mean_density=handle.stats()["mean_density"])
+                             stock=stock, mean_density=handle.stats().mean_density)
     return results
 
 
@@ -338,7 +338,7 @@ def test_each_rank_plans_its_own_global_heads(ranks, single, name):
         for key, patterns in expected.items():
             assert torch.equal(rank[name]["plans"][key], patterns)
         assert rank[name]["counts"] == single[name]["counts"]
-        assert all(heads == [r * local, (r + 1) * local]
+        assert all(heads == (r * local, (r + 1) * local)
                    for branches in rank[name]["stats_heads"].values() for heads in branches.values())
     assert single[name]["counts"]["sparse_calls"] > 0
 

@@ -43,9 +43,9 @@ def test_wan22_two_transformers_both_sparse():
     pipe(**{**call_kwargs(), "num_inference_steps": 4})
     stats = handle.stats()
     assert set(handle.runtimes) == {"transformer", "transformer_2"}
-    assert {name.split(".")[0] for name in stats["layers"]} == {"transformer", "transformer_2"}
+    assert {name.split(".")[0] for name in stats.layers} == {"transformer", "transformer_2"}
     # the boundary splits the steps: high-noise steps on one transformer, the rest on the other
-    steps = stats["steps"]
+    steps = stats.steps
     high = steps["transformer"]["cond"]["sparse"]
     low = steps["transformer_2"]["cond"]["sparse"]
     assert high and low and max(high) < min(low) and sorted(high + low) == [0, 1, 2, 3]

@@ -51,12 +51,12 @@ def test_generation_after_a_short_one_equals_a_fresh_pipeline(name, first):
         run(pipe, family, num_inference_steps=4, generator=other_noise, callback_on_step_end=stop_after_first_step)
     else:
         run(pipe, family, num_inference_steps=1, generator=other_noise)
-    assert handle.stats()["sparse_calls"] > 0  # the short generation ran sparse and left plans
+    assert handle.stats().sparse_calls > 0  # the short generation ran sparse and left plans
     left_over = list(handle.runtimes["transformer"].cache.plans.values())
     assert torch.equal(run(pipe, family, num_inference_steps=4), expected)
     assert not any(new is old for new in handle.runtimes["transformer"].cache.plans.values() for old in left_over)
     stats = handle.stats()
-    assert stats["steps"] == expected_stats["steps"] and stats["num_profiles"] == expected_stats["num_profiles"]
+    assert stats.steps == expected_stats.steps and stats.num_profiles == expected_stats.num_profiles
 
 
 def test_two_one_step_flux_generations_with_every_step_dense_stay_dense():
@@ -65,8 +65,8 @@ def test_two_one_step_flux_generations_with_every_step_dense_stay_dense():
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=1.0, **checks.TINY))
     for _ in range(2):
         assert torch.equal(run(pipe, flux, num_inference_steps=1), stock)
-        assert handle.stats()["sparse_calls"] == 0
-        assert handle.stats()["steps"]["transformer"] == {b: {"dense": [0], "sparse": []} for b in flux.BRANCHES}
+        assert handle.stats().sparse_calls == 0
+        assert handle.stats().steps["transformer"] == {b: {"dense": [0], "sparse": []} for b in flux.BRANCHES}
 
 
 def test_statistics_stay_readable_after_the_pipeline_call():
@@ -74,8 +74,8 @@ def test_statistics_stay_readable_after_the_pipeline_call():
     handle = dit_sparse.apply(pipe, SPARSE)
     run(pipe, wan)
     stats = handle.stats()
-    assert stats["sparse_calls"] > 0 and stats["layers"]
-    assert stats["steps"]["transformer"]["cond"] == {"dense": [0], "sparse": [1, 2]}
+    assert stats.sparse_calls > 0 and stats.layers
+    assert stats.steps["transformer"]["cond"] == {"dense": [0], "sparse": [1, 2]}
 
 
 def build_wan22_image_to_video(boundary_ratio):
@@ -107,7 +107,7 @@ def test_wan22_image_to_video_experts_share_the_pipeline_step():
     kwargs.pop("num_frames")
     image = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
     pipe(image=image, num_frames=9, **{**kwargs, "num_inference_steps": 4})
-    steps = handle.stats()["steps"]
+    steps = handle.stats().steps
     high, low = steps["transformer"]["cond"], steps["transformer_2"]["cond"]
     # the boundary (timestep 950 of 1000, 910 after step 0) falls inside the warm-up
     assert high == {"dense": [0], "sparse": []} and low == {"dense": [1], "sparse": [2, 3]}
@@ -141,10 +141,10 @@ def test_bare_transformer_with_a_fraction_of_dense_steps_is_refused_up_front():
         handle.set_config(SparseAttentionConfig(dense_steps=0.5))
     assert handle.config.dense_steps == 2 and handle.runtimes["transformer"].config.dense_steps == 2
     run(pipe, flux, num_inference_steps=4)
-    assert handle.stats()["steps"]["transformer"] == {b: {"dense": [0, 1], "sparse": [2, 3]} for b in flux.BRANCHES}
+    assert handle.stats().steps["transformer"] == {b: {"dense": [0, 1], "sparse": [2, 3]} for b in flux.BRANCHES}
     dit_sparse.apply(pipe.transformer, SparseAttentionConfig(dense_steps=0.0, dense_layers=0, **checks.TINY))
     run(pipe, flux, num_inference_steps=2)
-    assert handle.stats()["dense_calls"] == 0
+    assert handle.stats().dense_calls == 0
 
 
 def test_pipeline_level_apply_takes_the_step_count_from_the_scheduler():
@@ -152,4 +152,4 @@ def test_pipeline_level_apply_takes_the_step_count_from_the_scheduler():
     pipe = flux.build()
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0.5, dense_layers=0, **checks.TINY))
     run(pipe, flux, num_inference_steps=4)
-    assert handle.stats()["steps"]["transformer"] == {b: {"dense": [0, 1], "sparse": [2, 3]} for b in flux.BRANCHES}
+    assert handle.stats().steps["transformer"] == {b: {"dense": [0, 1], "sparse": [2, 3]} for b in flux.BRANCHES}

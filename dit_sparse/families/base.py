@@ -8,10 +8,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.utils import logging
 
 from ..context_parallel import context_parallel_attention, ulysses_degree
 from ..geometry import TokenGrid
 from ..kernels import interleaved_rotary
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,16 +87,23 @@ class SparseProcessor:
         parts = (out.narrow(dim, 0, start), padded.to(out.dtype), out.narrow(dim, start, out.shape[dim] - start))
         return torch.cat([p for p in parts if p.shape[dim]], dim=dim)
 
+    def note_dense(self, reason: str):
+        """Say at debug level why this layer's call runs dense (the sparse path cannot take it)."""
+        logger.debug("%s layer %d: dense (%s)", self.runtime.name, self.layer, reason)
+
     def _sparse(self, query, key, value, grid, layout):
         parallel = self._context_parallel_config()
         if parallel is not None:
             return context_parallel_attention(query, key, value, self.runtime, self.layer, parallel)
         return self.runtime.attention(query, key, value, self.layer, layout=layout, grid=grid)
 
-    def dense(self, query, key, value, mask=None, layout: str = "bshd"):
+    def dense(self, query, key, value, mask=None, layout: str = "bshd", reason: str | None = None):
         """Full attention as the stock processor runs it: through diffusers' attention dispatch
         with the processor's backend and parallel settings for (B, S, H, D) q, k, v; with torch's
-        SDPA for (B, H, S, D) (the processors that call it directly: CogVideoX, SD3)."""
+        SDPA for (B, H, S, D) (the processors that call it directly: CogVideoX, SD3). `reason`:
+        why a call the sparse path cannot take runs dense (logged at debug level)."""
+        if reason is not None:
+            self.note_dense(reason)
         if layout == "bhsd":
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
         return dispatch_attention_fn(

@@ -45,7 +45,7 @@ class SparseFluxAttnProcessor(SparseProcessor, FluxAttnProcessor):
 
         grid = self.runtime.grid  # of the whole sequence; a rank under context parallelism holds a shard of it
         fits = attention_mask is None and grid is not None and query.shape[1] * self.sequence_shards == grid.num_tokens
-        out = self.attend(query, key, value) if fits else self.dense(query, key, value, attention_mask)
+        out = self.attend(query, key, value) if fits else self.dense(query, key, value, attention_mask, reason="no image grid for this call, or a mask")
         hidden_states = out.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:

@@ -53,6 +53,7 @@ class SparseHunyuanVideoAttnProcessor(SparseProcessor, HunyuanVideoAttnProcessor
             or grid.text_len > encoder_hidden_states.shape[1]
             or (attention_mask is None and grid.text_len != encoder_hidden_states.shape[1])
         ):
+            self.note_dense("no token grid for this call (e.g. batch items with different text lengths)")
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         query, key, value = _qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         valid, total = grid.num_tokens, query.shape[1]

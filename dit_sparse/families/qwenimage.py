@@ -68,7 +68,7 @@ class SparseQwenDoubleStreamAttnProcessor(SparseProcessor, QwenDoubleStreamAttnP
 
         grid = self.runtime.grid
         if grid is None or joint_query.shape[1] - seq_txt + grid.text_len != grid.num_tokens:
-            out = self.dense(joint_query, joint_key, joint_value, attention_mask)
+            out = self.dense(joint_query, joint_key, joint_value, attention_mask, reason="no image grid for this call")
         else:  # the grid's text_len is the valid prefix of a padded text
             padding = (grid.text_len, seq_txt) if grid.text_len < seq_txt else None
             out = self.attend(joint_query, joint_key, joint_value, mask=attention_mask, padding=padding)

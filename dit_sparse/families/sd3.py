@@ -32,7 +32,7 @@ class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
         if grid is not None and grid.num_tokens == query.shape[2]:
             out = self.attend(query, key, value, grid=grid, layout="bhsd")
         else:
-            out = self.dense(query, key, value, layout="bhsd")
+            out = self.dense(query, key, value, layout="bhsd", reason="no token grid for this call")
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
 
         if encoder_hidden_states is not None:

@@ -26,7 +26,7 @@ class SparseWanAttnProcessor(SparseProcessor, WanAttnProcessor):
         if attention_mask is None:
             out = self.attend(query, key, value)
         else:
-            out = self.dense(query, key, value, attention_mask)
+            out = self.dense(query, key, value, attention_mask, reason="attention mask")
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
