@@ -83,11 +83,6 @@ def widths_for_densities(grid: TokenGrid, kind: str, densities, block_size: int,
     return widths
 
 
-def width_for_density(grid: TokenGrid, kind: str, density: float, block_size: int, first_frame_sink: bool = False) -> int:
-    """The narrowest band of `kind` whose block density reaches `density`."""
-    return widths_for_densities(grid, kind, [density], block_size, first_frame_sink)[0]
-
-
 def block_tables(mask: torch.Tensor):
     """(..., nb, nb) bool block mask -> kv_indices (..., nb, max_count) and kv_counts (..., nb),
     int32: each row lists its attended key blocks in increasing order (entries past the count

@@ -5,7 +5,7 @@ import torch
 
 from dit_sparse import TokenGrid
 from dit_sparse.kernels import block_sparse_attention_reference, reorder_tokens_reference
-from dit_sparse.patterns import band_block_mask, block_tables, max_width, width_for_density
+from dit_sparse.patterns import band_block_mask, block_tables, max_width, widths_for_densities
 
 
 def token_mask(grid, kind, width):
@@ -42,13 +42,13 @@ def test_text_blocks_are_global_and_sink_adds_first_frame():
     assert band_block_mask(grid, "spatial", 0, 16, first_frame_sink=True)[6, 1]  # ... unless it is a sink
 
 
-def test_width_for_density_is_the_narrowest_band_reaching_it():
+def test_widths_for_densities_are_the_narrowest_bands_reaching_them():
     grid = TokenGrid(frames=9, height=6, width=8)
     for kind in ("spatial", "temporal"):
         densities = [band_block_mask(grid, kind, w, 16).float().mean().item() for w in range(max_width(grid, kind) + 1)]
         assert densities == sorted(densities) and densities[-1] == 1.0
-        for target in (0.1, 0.25, 0.5):
-            w = width_for_density(grid, kind, target, 16)
+        targets = (0.1, 0.25, 0.5)
+        for target, w in zip(targets, widths_for_densities(grid, kind, targets, 16)):
             assert densities[w] >= target and (w == 0 or densities[w - 1] < target)
 
 
