@@ -134,11 +134,10 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
         family = find_family(transformer)
         runtime = SparseRuntime(config, name, clock)
         for layer, module in family.self_attention(transformer):
-            processor = family.make_processor(module.processor, runtime, layer)
+            processor = family.make_processor(module, runtime, layer)
             _hand_on_settings(module.processor, processor)  # the stock path keeps them
             originals.append((module, module.processor))
             module.set_processor(processor)
-            runtime.layers.append(layer)
         hooks.attach(transformer, hooks.StepHook(runtime, family))
         runtimes[name] = runtime
         sparse = [layer for layer in runtime.layers if layer >= config.dense_layers]

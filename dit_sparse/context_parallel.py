@@ -11,7 +11,8 @@ heads, with their plans keyed by the global head indices.
 diffusers has no public way to add a backend. `sparse_backend()` adds a member to its
 `AttentionBackendName` enum and registers through `_AttentionBackendRegistry.register`, as
 diffusers registers its own, after checking that those internals are as in the tested version.
-The processor's runtime, layer and token grid reach the op through the backend's `sparse_call`
+The processor's call (its plan, decided by the runtime before the transformer ran) and the
+token grid reach the op through the backend's `sparse_call`
 keyword (diffusers passes `attention_kwargs` on to the backends that accept them), so nothing
 is shared between pipelines but diffusers' own registry.
 """
@@ -31,7 +32,7 @@ from diffusers.models import attention_dispatch
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
 from .geometry import TokenGrid
-from .runtime import SparseRuntime
+from .plan_cache import LayerCall
 
 BACKEND_NAME = "dit_sparse"
 MEMBER_NAME = "DIT_SPARSE"
@@ -47,11 +48,10 @@ class DiffusersInternalsError(RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class SparseCall:
-    """What the backend op needs besides q, k, v: the runtime and layer index of the processor
-    that made the call, and the token grid of the whole (unsharded) sequence."""
+    """What the backend op needs besides q, k, v: the layer's call as the runtime decided it
+    (None: dense), and the token grid of the whole (unsharded) sequence."""
 
-    runtime: SparseRuntime
-    layer: int
+    layer_call: LayerCall | None
     grid: TokenGrid
 
 
@@ -177,8 +177,8 @@ def gathered_positions(grid: TokenGrid, shards: int, device) -> torch.Tensor | N
 
 def attend_heads(query, key, value, call: SparseCall, *, scale=None, heads: range | None = None, shards: int = 1):
     """Attention of (B, S, h, D) q, k, v that hold the whole sequence of `call.grid` for the
-    heads `heads` (None: all), gathered from `shards` sequence shards: sparse where the runtime
-    says so, full attention (SDPA) where its layer and step run dense. Output (B, S, h, D)."""
+    heads `heads` (None: all), gathered from `shards` sequence shards: sparse under the layer's
+    plan, full attention (SDPA) where its layer and step run dense. Output (B, S, h, D)."""
     if query.shape[1] != call.grid.num_tokens:
         raise ValueError(
             f"the attention sequence holds {query.shape[1]} tokens but the grid has {call.grid.num_tokens} "
@@ -188,10 +188,11 @@ def attend_heads(query, key, value, call: SparseCall, *, scale=None, heads: rang
     if positions is not None:
         order = positions.argsort()
         query, key, value = (x.index_select(1, order) for x in (query, key, value))
-    out = call.runtime.attention(query, key, value, call.layer, scale=scale, grid=call.grid, heads=heads)
-    if out is None:
-        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (query, key, value)), scale=scale)
-        out = out.transpose(1, 2)
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    if call.layer_call is None:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
+    else:
+        out = call.layer_call.run(q, k, v, scale, heads).transpose(1, 2)
     return out if positions is None else out.index_select(1, positions)
 
 
@@ -244,15 +245,12 @@ def sparse_attention_backend(query, key, value, attn_mask=None, dropout_p=0.0, i
     )
 
 
-def context_parallel_attention(query, key, value, runtime, layer: int, parallel_config):
-    """A processor's self-attention under context parallelism: this rank's (B, S/N, H, D) shard
-    of q, k, v in, its shard of the output out, through diffusers' Ulysses exchange and the
-    "dit_sparse" backend. None where the call takes the model's own path (sparsity switched
-    off, or no grid for this call)."""
+def context_parallel_attention(query, key, value, layer_call: LayerCall, grid: TokenGrid, parallel_config):
+    """A processor's sparse self-attention under context parallelism: this rank's (B, S/N, H, D)
+    shard of q, k, v in, its shard of the output out, through diffusers' Ulysses exchange and
+    the "dit_sparse" backend."""
     ulysses_degree(parallel_config)
-    if not runtime.enabled or runtime.grid is None:
-        return None
     return dispatch_attention_fn(
-        query, key, value, attention_kwargs={"sparse_call": SparseCall(runtime, layer, runtime.grid)},
+        query, key, value, attention_kwargs={"sparse_call": SparseCall(layer_call, grid)},
         backend=sparse_backend(), parallel_config=parallel_config,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
@@ -49,7 +50,9 @@ class StepHook(ModelHook):
         # the class's forward: the instance's one is wrapped by hooks and takes *args, **kwargs
         inputs = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
         grid = self.family.grid(module, inputs)
-        self.runtime.begin_call(grid, inputs.get("timestep"), self.context._context)
+        hidden_states = inputs.get("hidden_states")
+        device = hidden_states.device if isinstance(hidden_states, torch.Tensor) else None
+        self.runtime.begin_call(grid, inputs.get("timestep"), self.context._context, device)
 
     def reset_state(self, module):
         """The pipeline's call has ended: the next call starts a new generation."""

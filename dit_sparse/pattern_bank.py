@@ -88,3 +88,11 @@ class PatternBank:
             matrix[c, layout] = stacked[c][query_blocks[layout]].float()
         self.recall_matrix = matrix.flatten(1).t().contiguous().to(self.device)
         self.sample_rows = rows.to(self.device)
+
+    def kinds(self, patterns: torch.Tensor) -> list[list[str]]:
+        """The kind of each entry of (B, H) candidate indices (reads them from the device)."""
+        return [[self.candidates[c].kind for c in row] for row in patterns.cpu().tolist()]
+
+    def density_of(self, patterns: torch.Tensor) -> torch.Tensor:
+        """(B, H) float tensor (CPU): the fraction of blocks of each entry's candidate."""
+        return torch.tensor([[self.candidates[c].density for c in row] for row in patterns.cpu().tolist()])

@@ -22,55 +22,68 @@ from .pattern_bank import PatternBank
 
 
 class HeadPlan:
-    """The pattern of every (batch item, head) of one attention call, and how to run it.
+    """The pattern of every (batch item, head) of one layer's attention calls, and how to run it.
 
-    patterns: (B, H) int32 index into the bank's candidates, on the device. Neither making a
-    plan nor attending under it reads the device: temporal heads are flagged by a device mask
-    the kernel reads, so profiling adds no host synchronisation to a step. `kinds`, `density`
-    and `mean_density` (for statistics) read the patterns back on first use.
+    patterns: (B, H) int32 index into the bank's candidates, on the device; None until the plan
+    is first profiled. Re-profiling writes the same tensors in place, so a compiled call (or a
+    CUDA graph) that reads them sees the new plan without a recompile. Neither profiling nor
+    attending under a plan reads the device: temporal heads are flagged by a device mask the
+    kernel reads. `kinds`, `density` and `mean_density` (for statistics) read the patterns back.
+    `heads`: the global indices of the heads the plan covers where a call holds only some of a
+    layer's heads (a rank under Ulysses), else None.
     """
 
-    def __init__(self, bank: PatternBank, patterns: torch.Tensor, shape, backend: str):
+    def __init__(self, bank: PatternBank, backend: str = "auto"):
         self.bank = bank
         self.grid = bank.grid
-        self.shape = tuple(shape)  # (B, H, S)
         self.backend = backend
-        self.patterns = patterns.to(torch.int32)
-        self.reordered = bank.temporal[self.patterns.long()]  # (B, H) bool: heads attended position-major
-        self.step = None  # set by PlanCache: the denoising step it was profiled at
-        self.calls = 0  # sparse calls served, counted by PlanCache
-        self._chosen: list[list[int]] | None = None
+        self.patterns: torch.Tensor | None = None
+        self.reordered: torch.Tensor | None = None  # (B, H) bool: heads attended position-major
+        self.heads: range | None = None
 
-    def _host_patterns(self) -> list[list[int]]:
-        if self._chosen is None:
-            self._chosen = self.patterns.cpu().tolist()
-        return self._chosen
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        """(B, H, S) of the calls it serves (None before it is profiled)."""
+        return None if self.patterns is None else (*self.patterns.shape, self.grid.num_tokens)
+
+    def set_patterns(self, patterns: torch.Tensor, heads: range | None = None):
+        """Adopt new (B, H) patterns: written into the plan's tensors in place when the shape is
+        unchanged (their addresses stay), else in new ones."""
+        patterns = patterns.to(torch.int32)
+        reordered = self.bank.temporal[patterns.long()]
+        if self.patterns is not None and self.patterns.shape == patterns.shape:
+            self.patterns.copy_(patterns)
+            self.reordered.copy_(reordered)
+        else:
+            self.patterns, self.reordered = patterns.clone(), reordered  # the caller may keep `patterns`
+        self.heads = heads
 
     @property
     def kinds(self) -> list[list[str]]:
         """Per batch item, per head: "spatial", "temporal" or "dense"."""
-        return [[self.bank.candidates[c].kind for c in row] for row in self._host_patterns()]
+        return self.bank.kinds(self.patterns)
 
     @property
     def density(self) -> torch.Tensor:
         """(B, H) float tensor (CPU) of the fraction of blocks each head computes."""
-        return torch.tensor([[self.bank.candidates[c].density for c in row] for row in self._host_patterns()])
+        return self.bank.density_of(self.patterns)
 
     @property
     def mean_density(self) -> float:
         return float(self.density.mean())
 
-    def fits(self, q: torch.Tensor, grid: TokenGrid) -> bool:
-        """Whether this plan may serve an attention call with these queries and grid."""
-        return tuple(q.shape[:3]) == self.shape and grid == self.grid and q.device == self.bank.device
+    def fits(self, q: torch.Tensor) -> bool:
+        """Whether the plan has patterns for calls with these (B, H, S, D) queries."""
+        return self.shape == tuple(q.shape[:3])
 
     def attend(self, q, k, v, scale=None) -> torch.Tensor:
         """Attention of (B, H, S, D) q, k, v under this plan; output in native order. No host
         synchronisation: everything it reads is already on the device."""
-        if tuple(q.shape[:3]) != self.shape:
-            raise ValueError(f"this plan was made for (B, H, S) = {self.shape}, got q of shape {tuple(q.shape)}")
+        if not self.fits(q):
+            raise ValueError(f"this plan serves (B, H, S) = {self.shape}, got q of shape {tuple(q.shape)}")
         order, reordered = self.grid.order, self.reordered
-        if not self.patterns.is_cuda:  # off the GPU reading the plan is free: skip what no head needs
+        if not self.patterns.is_cuda and not torch.compiler.is_compiling():
+            # off the GPU reading the plan is free: skip what no head needs
             kinds = {kind for row in self.kinds for kind in row}
             if kinds == {"dense"}:
                 return F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -112,26 +125,31 @@ def sampled_recall(q, k, bank: PatternBank, scale=None, backend="auto") -> torch
     return (mass @ bank.recall_matrix).view(B, H, -1) / rows.shape[2]
 
 
+def choose_patterns(q, k, bank: PatternBank, config: SparseAttentionConfig, scale=None) -> torch.Tensor:
+    """(B, H) candidate index per (batch item, head) of (B, H, S, D) q, k in native token order:
+    the cheapest candidate whose sampled recall reaches `config.recall` (dense if none does), or
+    in fixed-density mode the kind with the higher recall. Tensor work only (no host reads), so
+    it runs inside compiled code."""
+    B, H = q.shape[:2]
+    if config.density is None and config.recall >= 1.0:
+        return torch.full((B, H), bank.dense_index, dtype=torch.int32, device=q.device)
+    recall = sampled_recall(q, k, bank, scale, config.backend)
+    if config.density is not None:
+        return recall.argmax(-1).to(torch.int32)
+    accepted = (recall >= config.recall) | bank.is_dense
+    return torch.where(accepted, bank.densities, float("inf")).argmin(-1).to(torch.int32)
+
+
 def profile_heads(q, k, v, grid: TokenGrid, config: SparseAttentionConfig | None = None, *,
                   scale=None, bank: PatternBank | None = None) -> HeadPlan:
-    """Choose a pattern per (batch item, head) of (B, H, S, D) q, k, v in native token order.
-
-    `bank` (the grid's candidates) is built when not given; pass one to re-use it across calls.
-    """
+    """A plan choosing a pattern per (batch item, head) of (B, H, S, D) q, k, v in native token
+    order. `bank` (the grid's candidates) is built when not given; pass one to re-use it."""
     config = config or SparseAttentionConfig()
     _check_qkv(q, k, v, grid)
     if bank is None:
         bank = make_bank(grid, config, q.device)
     elif bank.grid != grid or bank.block_size != config.block_size or bank.device != q.device:
         raise ValueError("the PatternBank was built for another grid, block size or device")
-    B, H = q.shape[:2]
-    if config.density is None and config.recall >= 1.0:
-        patterns = torch.full((B, H), bank.dense_index, dtype=torch.int32, device=q.device)
-        return HeadPlan(bank, patterns, q.shape[:3], config.backend)
-    recall = sampled_recall(q, k, bank, scale, config.backend)
-    if config.density is not None:
-        patterns = recall.argmax(-1)
-    else:
-        accepted = (recall >= config.recall) | bank.is_dense
-        patterns = torch.where(accepted, bank.densities, float("inf")).argmin(-1)
-    return HeadPlan(bank, patterns, q.shape[:3], config.backend)
+    plan = HeadPlan(bank, config.backend)
+    plan.set_patterns(choose_patterns(q, k, bank, config, scale))
+    return plan

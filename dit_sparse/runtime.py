@@ -2,34 +2,25 @@
 
 One runtime per transformer (Wan 2.2 A14B has two). A hook on the transformer's forward
 (`StepHook`) tells it, once per call, the token grid, the denoising step and the CFG branch;
-the processors of its self-attention layers then ask `attention(q, k, v, layer)` for the
-sparse output, or None where the layer and step run dense (they then run the model's own
-attention call).
+from those the runtime decides, for each of its self-attention layers, whether the call runs
+dense or sparse and under which plan, and hands each processor its `LayerCall` (None: dense).
+The processors then only do tensor work, which torch.compile traces without a break.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import NamedTuple
 
 import torch
 from diffusers.utils import logging
 
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
-from .plan_cache import PlanCache
+from .plan_cache import LayerCall, PlanCache
 from .schedule import SchedulerClock
 from .stats import PlanStats, SparseStats
 
 logger = logging.get_logger(__name__)
-
-
-class ShardedBranch(NamedTuple):
-    """The plan key's branch for a call that holds only some of the heads (Ulysses context
-    parallelism): its CFG branch and the global indices of the heads it holds."""
-
-    branch: str | int
-    heads: range
 
 
 class SparseRuntime:
@@ -40,7 +31,7 @@ class SparseRuntime:
         self.grid: TokenGrid | None = None
         self.num_steps: int | None = None
         self.branch: str | int = 0
-        self.layers: list[int] = []  # indices of the self-attention layers it serves (set by apply)
+        self.processors: dict = {}  # layer index -> the sparse processor of that layer (they register)
         self.set_config(config)
 
     def set_config(self, config: SparseAttentionConfig):
@@ -61,6 +52,11 @@ class SparseRuntime:
     def config(self) -> SparseAttentionConfig:
         return self.cache.config
 
+    @property
+    def layers(self) -> list[int]:
+        """Indices of the self-attention layers it serves."""
+        return sorted(self.processors)
+
     def reset(self):
         """Forget plans, counts and step bookkeeping (a new generation)."""
         self.cache.reset()
@@ -77,8 +73,9 @@ class SparseRuntime:
         starts a new generation. Plans and statistics stay readable until then."""
         self._ended = True
 
-    def begin_call(self, grid: TokenGrid | None, timestep, context=None):
-        """Called by the hook before each transformer forward.
+    def begin_call(self, grid: TokenGrid | None, timestep, context=None, device=None):
+        """Called by the hook before each transformer forward (on `device`, default the CPU):
+        sets the step and branch, and decides every layer's call.
 
         A new generation starts after `end_generation`, when the pipeline's scheduler has new
         timesteps, or when the step index falls. The step is diffusers' cache context's
@@ -124,51 +121,43 @@ class SparseRuntime:
         self.branch = name if name is not None else self._calls_this_step
         self._calls_this_step += 1
         self._names_this_step.add(name)
+        self._decide(torch.device("cpu") if device is None else device)
 
-    def attention(self, q, k, v, layer: int, *, layout: str = "bshd", scale=None, grid: TokenGrid | None = None,
-                  heads: range | None = None):
-        """Sparse attention output for one self-attention call, or None to run it dense.
+    def _decide(self, device):
+        """Each registered processor's call for this transformer call (its `current`): None where
+        the layer runs dense, else the plan to attend under. Made here, on the host and outside
+        any compiled region, so the processors' own code is tensor work only."""
+        for layer, processor in self.processors.items():
+            processor.current = self._layer_call(layer, processor.grid_of(self.grid), device)
 
-        q, k, v: (B, S, H, D) for layout "bshd" (diffusers' dispatch layout) or (B, H, S, D) for
-        "bhsd"; the output has the same layout. `grid` overrides the call's grid (a processor
-        that drops padded text tokens passes the shorter one). `heads`: the global indices of the
-        heads q holds when it holds only some (a rank under Ulysses); their plan is kept apart.
-        """
-        grid = grid or self.grid
+    def _layer_call(self, layer: int, grid: TokenGrid | None, device) -> LayerCall | None:
         if not self.enabled or grid is None:
             logger.debug("%s layer %d: dense (%s)", self.name, layer,
                          "sparse attention switched off" if not self.enabled else "no token grid for this call")
             return None
-        if layout == "bshd":
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if heads is not None and len(heads) != q.shape[1]:
-            raise ValueError(f"heads={heads} names {len(heads)} heads, but q holds {q.shape[1]}")
-        branch = self.branch if heads is None else ShardedBranch(self.branch, heads)
-        out = self.cache.attend(
-            q, k, v, layer=layer, branch=branch, step=self.step, num_steps=self.num_steps, grid=grid, scale=scale,
-        )
-        kind = "dense" if out is None else "sparse"
-        self.steps_by_branch[self.branch][kind].add(self.step)
-        if out is None:
+        call = self.cache.prepare((layer, self.branch), layer=layer, step=self.step, num_steps=self.num_steps,
+                                  grid=grid, device=device)
+        self.steps_by_branch[self.branch]["dense" if call is None else "sparse"].add(self.step)
+        if call is None:
             logger.debug("%s layer %d branch %s step %d: dense (%s)", self.name, layer, self.branch, self.step,
                          f"dense_layers={self.config.dense_layers}" if layer < self.config.dense_layers
                          else f"warm-up step, dense_steps={self.config.dense_steps}")
-        if out is None:
-            return None
-        return out.transpose(1, 2) if layout == "bshd" else out
+        return call
 
     def stats(self) -> SparseStats:
         """Per layer: the kinds and densities of its latest plan per branch; totals."""
         layers = {}
         for (layer, branch), plan in sorted(self.cache.plans.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-            branch, heads = branch if isinstance(branch, ShardedBranch) else (branch, range(plan.shape[1]))
+            if plan.patterns is None:  # decided, but its call never ran
+                continue
+            heads = plan.heads or range(plan.shape[1])
             layers.setdefault(f"{self.name}.{layer}", {})[str(branch)] = PlanStats(
                 kinds=plan.kinds, density=plan.density.tolist(), mean_density=plan.mean_density,
-                profiled_at_step=plan.step, heads=(heads.start, heads.stop),
+                profiled_at_step=self.cache.profiled_at((layer, branch)), heads=(heads.start, heads.stop),
             )
         steps = {str(b): {k: sorted(s) for k, s in d.items()} for b, d in self.steps_by_branch.items()}
         return SparseStats(
-            layers=layers, layer_indices={self.name: list(self.layers)}, mean_density=self.cache.mean_density(),
+            layers=layers, layer_indices={self.name: self.layers}, mean_density=self.cache.mean_density(),
             num_profiles=self.cache.num_profiles, dense_calls=self.cache.dense_calls,
             sparse_calls=self.cache.sparse_calls, steps={self.name: steps}, config=self.config,
         )

@@ -46,7 +46,6 @@ from diffusers import ContextParallelConfig
 
 import dit_sparse
 from dit_sparse.families import find_family
-from dit_sparse.runtime import ShardedBranch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_e2e as e2e  # noqa: E402
@@ -125,7 +124,7 @@ def plan_patterns(handle) -> dict:
     """(layer, branch, first head, end head) -> the (B, H) pattern indices of the latest plans."""
     out = {}
     for (layer, branch), plan in handle.runtimes["transformer"].cache.plans.items():
-        branch, heads = branch if isinstance(branch, ShardedBranch) else (branch, range(plan.shape[1]))
+        heads = plan.heads or range(plan.shape[1])
         out[(layer, branch, heads.start, heads.stop)] = plan.patterns.cpu()
     return out
 

@@ -125,8 +125,9 @@ def run_shape(name):
     # a mixed plan: even heads spatial, odd heads temporal (random data has no preference)
     spatial_id, temporal_id = (i for i, c in enumerate(bank.candidates) if c.kind in ("spatial", "temporal"))
     mixed = torch.tensor([spatial_id, temporal_id] * (H // 2), device="cuda").expand(B, H)
-    plan = HeadPlan(bank, mixed, (B, H, S), "auto")
-    spatial_plan = HeadPlan(bank, torch.full((B, H), spatial_id, device="cuda"), (B, H, S), "auto")
+    plan, spatial_plan = HeadPlan(bank), HeadPlan(bank)
+    plan.set_patterns(mixed)
+    spatial_plan.set_patterns(torch.full((B, H), spatial_id, device="cuda"))
 
     sparse_ms = per_call(lambda: plan.attend(q, k, v))
     spatial_ms = per_call(lambda: spatial_plan.attend(q, k, v))

@@ -7,12 +7,29 @@ precomputed prompt embeddings and output_type="latent" (fixed generator inside).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from unittest import mock
+
 import torch
 
 import dit_sparse
 from dit_sparse import SparseAttentionConfig
+from dit_sparse.plan_cache import LayerCall
 
 TINY = dict(block_size=16, num_sampled_queries=16)
+
+
+@contextmanager
+def recording_sparse_calls():
+    """Inside: a list that receives (plan grid, q shape as (B, H, S, D)) of every sparse call."""
+    seen, run = [], LayerCall.run
+
+    def spy(call, q, k, v, *args, **kwargs):
+        seen.append((call.plan.grid, tuple(q.shape)))
+        return run(call, q, k, v, *args, **kwargs)
+
+    with mock.patch.object(LayerCall, "run", spy):
+        yield seen
 
 
 def generate(pipe, call_kwargs):

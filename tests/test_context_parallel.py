@@ -31,7 +31,8 @@ from dit_sparse import SparseAttentionConfig, TokenGrid
 from dit_sparse import context_parallel as cp
 from dit_sparse import hooks
 from dit_sparse.families.wan import WAN
-from dit_sparse.runtime import ShardedBranch, SparseRuntime
+from dit_sparse.plan_cache import PlanCache
+from dit_sparse.runtime import SparseRuntime
 
 HEADS, RANKS = 4, 2
 TEXT_DIM, TEXT_LEN = 32, 8
@@ -111,7 +112,7 @@ def plans(handle):
     """(layer, branch, first head, end head) -> the plan's (B, H) pattern indices."""
     out = {}
     for (layer, branch), plan in handle.runtimes["transformer"].cache.plans.items():
-        branch, heads = branch if isinstance(branch, ShardedBranch) else (branch, range(plan.shape[1]))
+        heads = plan.heads or range(plan.shape[1])
         out[(layer, branch, heads.start, heads.stop)] = plan.patterns.clone()
     return out
 
@@ -161,34 +162,27 @@ def qkv(heads, grid, seed=0):
 
 
 def test_the_op_on_a_subset_of_heads_plans_them_by_global_index():
-    """What a rank's op sees: the whole sequence for heads 2 and 3 of 4. Their plan is keyed by
-    those global indices and equals heads 2-3 of the plan of all four; so does the output."""
+    """What a rank's op sees: the whole sequence for heads 2 and 3 of 4. Their plan records those
+    global indices and equals heads 2-3 of the plan of all four; so does the output."""
     grid = TokenGrid(4, 8, 8)
     q, k, v = qkv(HEADS, grid)
-    whole, part = SparseRuntime(SparseAttentionConfig(**SPARSE)), SparseRuntime(SparseAttentionConfig(**SPARSE))
-    for runtime in (whole, part):
-        runtime.begin_call(grid, 900.0)
-    expected = cp.attend_heads(q, k, v, cp.SparseCall(whole, 0, grid))
-    got = cp.attend_heads(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], cp.SparseCall(part, 0, grid), heads=range(2, 4),
+    whole, part = PlanCache(SparseAttentionConfig(**SPARSE)), PlanCache(SparseAttentionConfig(**SPARSE))
+    calls = [cache.prepare((0, 0), layer=0, step=0, num_steps=None, grid=grid, device="cpu") for cache in (whole, part)]
+    expected = cp.attend_heads(q, k, v, cp.SparseCall(calls[0], grid))
+    got = cp.attend_heads(q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], cp.SparseCall(calls[1], grid), heads=range(2, 4),
                           shards=2)
     torch.testing.assert_close(got, expected[:, :, 2:], atol=1e-6, rtol=1e-5)
-    assert list(part.cache.plans) == [(0, ShardedBranch(0, range(2, 4)))]
-    plan, full_plan = part.cache.plans[(0, ShardedBranch(0, range(2, 4)))], whole.cache.plans[(0, 0)]
+    plan, full_plan = part.plans[(0, 0)], whole.plans[(0, 0)]
     assert torch.equal(plan.patterns, full_plan.patterns[:, 2:]) and full_plan.mean_density < 0.9
-    assert part.stats().layers["transformer.0"]["0"].heads == (2, 4) and whole.stats().layers["transformer.0"]["0"].heads == (0, 4)
-    with pytest.raises(ValueError, match="names 2 heads, but q holds 4"):
-        part.attention(q, k, v, 0, heads=range(2, 4))
+    assert plan.heads == range(2, 4) and full_plan.heads is None
 
 
 def test_the_op_runs_full_attention_where_the_layer_is_dense():
     grid = TokenGrid(4, 8, 8)
     q, k, v = qkv(2, grid)
-    runtime = SparseRuntime(SparseAttentionConfig(**{**SPARSE, "dense_layers": 1}))
-    runtime.begin_call(grid, 900.0)
-    out = cp.attend_heads(q, k, v, cp.SparseCall(runtime, 0, grid), heads=range(0, 2), shards=2)
+    out = cp.attend_heads(q, k, v, cp.SparseCall(None, grid), heads=range(0, 2), shards=2)
     dense = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
     torch.testing.assert_close(out, dense)
-    assert runtime.stats().dense_calls == 1 and not runtime.cache.plans
 
 
 @pytest.mark.parametrize("position", ["prefix", "suffix"])
@@ -220,7 +214,8 @@ def test_unsupported_context_parallel_settings_are_clear_errors():
         cp.ulysses_degree(parallel(ulysses_anything=True))
     grid = TokenGrid(4, 8, 8)
     q, k, v = qkv(3, grid)
-    call = cp.SparseCall(SparseRuntime(SparseAttentionConfig(**SPARSE)), 0, grid)
+    cache = PlanCache(SparseAttentionConfig(**SPARSE))
+    call = cp.SparseCall(cache.prepare((0, 0), layer=0, step=0, num_steps=None, grid=grid, device="cpu"), grid)
     with pytest.raises(ValueError, match="3 attention heads do not split evenly over ulysses_degree=2"):
         dispatch_attention_fn(q, k, v, attention_kwargs={"sparse_call": call}, backend=cp.sparse_backend(),
                               parallel_config=parallel())
@@ -275,9 +270,10 @@ def rank_main(rank, port, out_dir):
 
 def backward_error(handle, model):
     """The sparse backend under Ulysses has no backward pass: the error it gives."""
-    parallel = model.blocks[1].attn1.processor._parallel_config
+    processor = model.blocks[1].attn1.processor
     q, k, v = (torch.randn(1, 4 * 8 * 8 // RANKS, HEADS, 16, requires_grad=True) for _ in range(3))
-    out = cp.context_parallel_attention(q, k, v, handle.runtimes["transformer"], 1, parallel)
+    out = cp.context_parallel_attention(q, k, v, processor.current, handle.runtimes["transformer"].grid,
+                                        processor._parallel_config)
     try:
         out.sum().backward()
     except NotImplementedError as error:

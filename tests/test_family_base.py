@@ -17,8 +17,9 @@ TEXT, VALID, GRID = 7, 4, TokenGrid(2, 4, 6)  # 48 video tokens after a 7-token 
 
 def processor(**config):
     runtime = SparseRuntime(SparseAttentionConfig(dense_layers=0, **checks.TINY, **config))
+    processor = SparseProcessor(runtime, layer=0)
     runtime.begin_call(TokenGrid(GRID.frames, GRID.height, GRID.width, VALID, "prefix"), timestep=1.0)
-    return SparseProcessor(runtime, layer=0)
+    return processor
 
 
 def qkv():
@@ -52,6 +53,8 @@ def test_disabled_runtime_runs_the_stock_masked_call():
     mask[..., VALID:TEXT] = False
     proc = processor(dense_steps=0, density=1.0)
     proc.runtime.enabled = False
+    proc.runtime.reset()
+    proc.runtime.begin_call(proc.runtime.grid, timestep=1.0)
     out = proc.attend(query, key, value, mask=mask, padding=(VALID, TEXT))
     assert torch.equal(out, proc.dense(query, key, value, mask))
     assert proc.runtime.cache.dense_calls == proc.runtime.cache.sparse_calls == 0

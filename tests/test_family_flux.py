@@ -59,19 +59,12 @@ def test_grid_matches_attention_sequence():
     """The grid from img_ids is (1, 8, 12) tokens plus an 8-token text prefix, and it counts
     exactly the tokens every processor passes to attention (dual- and single-stream)."""
     pipe = build()
-    handle = dit_sparse.apply(pipe, SparseAttentionConfig(**checks.TINY))
-    runtime = handle.runtimes["transformer"]
-    seen = []
-
-    def spy(q, k, v, layer, **kwargs):
-        seen.append((layer, q.shape[1], k.shape[1], runtime.grid))
-        return None
-
-    runtime.attention = spy
-    pipe(**{**call_kwargs(), "num_inference_steps": 1})
+    dit_sparse.apply(pipe, SparseAttentionConfig(dense_layers=0, **checks.TINY))
+    with checks.recording_sparse_calls() as seen:
+        pipe(**{**call_kwargs(), "num_inference_steps": 1})
     expected = TokenGrid(1, HEIGHT // 2, WIDTH // 2, TEXT_LEN, "prefix")
     assert len(seen) == 2 * 4  # cond and uncond, four layers
-    assert all(grid == expected and q_len == k_len == grid.num_tokens for _, q_len, k_len, grid in seen)
+    assert all(grid == expected and shape[2] == grid.num_tokens for grid, shape in seen)
 
 
 def test_grid_gives_none_for_non_raster_ids():

@@ -50,19 +50,13 @@ def call_kwargs():
 def test_grid_matches_the_sequence_attention_sees():
     pipe = build()
     handle = dit_sparse.apply(pipe, SparseAttentionConfig(dense_steps=0, dense_layers=0, **checks.TINY))
-    runtime = handle.runtimes["transformer"]
-    attention, seen = runtime.attention, []
-
-    def spy(q, k, v, layer, **kw):
-        seen.append((runtime.grid, tuple(q.shape), kw.get("layout", "bshd")))
-        return attention(q, k, v, layer, **kw)
-
-    runtime.attention = spy
-    pipe(**call_kwargs())
+    assert handle.stats().sparse_calls == 0
+    with checks.recording_sparse_calls() as seen:
+        pipe(**call_kwargs())
     assert len(seen) == 3 * 3  # 3 layers x 3 steps, CFG batched; cross-attention never asks
-    for grid, shape, layout in seen:
+    for grid, shape in seen:
         assert grid == TokenGrid(3, 8, 8)
-        assert layout == "bshd" and shape == (2, grid.num_tokens, 2, 12)
+        assert shape == (2, 2, grid.num_tokens, 12)
     for block in pipe.transformer.transformer_blocks:
         assert type(block.attn2.processor) is LTXVideoAttnProcessor
 

@@ -54,31 +54,19 @@ def call_kwargs(cond_len=COND_LEN, uncond_len=UNCOND_LEN, cond_mask=None, cfg=Tr
     return kwargs
 
 
-def spy_on(runtime):
-    """Make the runtime record (layer, q length, k length, grid) of each call and run it stock."""
-    seen = []
-
-    def spy(q, k, v, layer, **kwargs):
-        seen.append((layer, q.shape[1], k.shape[1], kwargs.get("grid") or runtime.grid))
-        return None
-
-    runtime.attention = spy
-    return seen
-
-
 def test_grid_matches_attention_sequence():
     """Grid from img_shapes (1, 8, 12) with each branch's own text prefix; it counts exactly the
     tokens the processor passes to attention."""
     pipe = build()
-    handle = dit_sparse.apply(pipe, SparseAttentionConfig(**checks.TINY))
-    seen = spy_on(handle.runtimes["transformer"])
-    pipe(**{**call_kwargs(), "num_inference_steps": 1})
+    dit_sparse.apply(pipe, SparseAttentionConfig(dense_layers=0, **checks.TINY))
+    with checks.recording_sparse_calls() as seen:
+        pipe(**{**call_kwargs(), "num_inference_steps": 1})
     assert len(seen) == 2 * 3  # cond then uncond, three layers each
-    lengths = [grid.text_len for _, _, _, grid in seen]
+    lengths = [grid.text_len for grid, _ in seen]
     assert lengths == [COND_LEN] * 3 + [UNCOND_LEN] * 3
-    for _, q_len, k_len, grid in seen:
+    for grid, shape in seen:
         assert grid == TokenGrid(1, ROWS, COLS, grid.text_len, "prefix")
-        assert q_len == k_len == grid.num_tokens
+        assert shape[2] == grid.num_tokens
 
 
 def test_two_text_lengths_one_handle():
@@ -106,10 +94,10 @@ def test_padded_text_keys_stay_excluded():
     out = checks.generate(pipe, kwargs)
     assert handle.stats().sparse_calls > 0
     torch.testing.assert_close(out, stock, atol=2e-4, rtol=1e-3)
-    seen = spy_on(handle.runtimes["transformer"])
-    pipe(**{**kwargs(), "num_inference_steps": 1})
+    with checks.recording_sparse_calls() as seen:
+        pipe(**{**kwargs(), "num_inference_steps": 1})
     cond = seen[:3]
-    assert all(grid == TokenGrid(1, ROWS, COLS, 8, "prefix") and q == k == 8 + ROWS * COLS for _, q, k, grid in cond)
+    assert all(grid == TokenGrid(1, ROWS, COLS, 8, "prefix") and shape[2] == 8 + ROWS * COLS for grid, shape in cond)
 
 
 def test_other_masks_run_stock():
@@ -149,8 +137,9 @@ def test_processor_with_padded_mask_matches_stock_processor():
     mask = torch.tensor([[True] * 7 + [False] * 3] * 2)
     stock = attn.processor(attn, image, text, mask)
     runtime = SparseRuntime(SparseAttentionConfig(dense_steps=0, dense_layers=0, density=1.0, **checks.TINY))
+    processor = SparseQwenDoubleStreamAttnProcessor(runtime, layer=1)
     runtime.begin_call(TokenGrid(1, 6, 8, 7, "prefix"), timestep=1.0)
-    sparse = SparseQwenDoubleStreamAttnProcessor(runtime, layer=1)(attn, image, text, mask)
+    sparse = processor(attn, image, text, mask)
     assert runtime.cache.sparse_calls == 1
     for got, expected in zip(sparse, stock):
         torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)

@@ -22,7 +22,7 @@ class ModelFamily:
     """name: short name ("wan"); transformer_classes: class names of its transformers;
     self_attention(transformer) -> [(layer index, attention module)] of the self-attention
     layers that get sparse processors (cross-attention and refiners keep theirs);
-    make_processor(original, runtime, layer) -> the sparse processor for one layer;
+    make_processor(attention module, runtime, layer) -> the sparse processor for one layer;
     grid(transformer, inputs) -> TokenGrid of the attention sequence, from the forward's named
     inputs; context_parallel: whether its processors run sparse under diffusers' Ulysses context
     parallelism (through the "dit_sparse" attention backend)."""
@@ -40,13 +40,21 @@ class ModelFamily:
 
 class SparseProcessor:
     """Mixed in before a stock attention processor: binds it to the transformer's runtime and
-    to its layer index (the key of its plans), and makes the one sparse-or-dense decision every
-    family processor goes through (`attend`)."""
+    to its layer index (the key of its plans), and runs the one sparse-or-dense path every
+    family processor goes through (`attend`). The runtime's step hook sets `current` before
+    each transformer call: None (dense) or the LayerCall to run, so the processor itself makes
+    no host decision and traces under torch.compile(fullgraph=True)."""
 
     def __init__(self, runtime, layer: int):
         super().__init__()
         self.runtime = runtime
         self.layer = layer
+        self.current = None
+        runtime.processors[layer] = self
+
+    def grid_of(self, grid: TokenGrid | None) -> TokenGrid | None:
+        """The token grid of this layer's sparse calls, given the transformer call's."""
+        return grid
 
     def _context_parallel_config(self):
         """diffusers' ParallelConfig when this processor runs under context parallelism
@@ -60,27 +68,26 @@ class SparseProcessor:
         parallel = self._context_parallel_config()
         return 1 if parallel is None else ulysses_degree(parallel)
 
-    def attend(self, query, key, value, *, mask=None, padding: tuple[int, int] | None = None,
-               grid: TokenGrid | None = None, layout: str = "bshd"):
+    def attend(self, query, key, value, *, mask=None, padding: tuple[int, int] | None = None, layout: str = "bshd"):
         """This layer's self-attention of q, k, v: sparse where the runtime says so, else the
         family's dense call (`dense`) with the stock `mask`.
 
         `padding` (start, stop): a run of padded text tokens that `mask` excludes as keys. While
         the runtime is on, those tokens are dropped instead of masked: the rest attends sparse (or
         dense, unmasked, which is exact and spares the backend a key mask), and the padded query
-        rows attend densely to the kept keys, as they do under the mask. `grid` overrides the
-        call's grid (the kept tokens'). Under context parallelism q, k, v are this rank's shard of
-        the sequence and the sparse call goes through diffusers' Ulysses exchange.
+        rows attend densely to the kept keys, as they do under the mask (the grid then counts the
+        kept tokens). Under context parallelism q, k, v are this rank's shard of the sequence and
+        the sparse call goes through diffusers' Ulysses exchange.
         """
         if padding is None:
-            out = self._sparse(query, key, value, grid, layout)
+            out = self._sparse(query, key, value, layout)
             return self.dense(query, key, value, mask, layout) if out is None else out
         if not self.runtime.enabled:
             return self.dense(query, key, value, mask, layout)
         start, stop = padding
         dim = 1 if layout == "bshd" else 2
         kept = [_drop(x, start, stop, dim) for x in (query, key, value)]
-        out = self._sparse(*kept, grid, layout)
+        out = self._sparse(*kept, layout)
         if out is None:
             out = self.dense(*kept, None, layout)
         padded = self.dense(query.narrow(dim, start, stop - start), kept[1], kept[2], None, layout)
@@ -88,14 +95,22 @@ class SparseProcessor:
         return torch.cat([p for p in parts if p.shape[dim]], dim=dim)
 
     def note_dense(self, reason: str):
-        """Say at debug level why this layer's call runs dense (the sparse path cannot take it)."""
-        logger.debug("%s layer %d: dense (%s)", self.runtime.name, self.layer, reason)
+        """Say at debug level why this layer's call runs dense (the sparse path cannot take it);
+        eager calls only, since a logger call would break a compiled graph."""
+        if not torch.compiler.is_compiling():
+            logger.debug("%s layer %d: dense (%s)", self.runtime.name, self.layer, reason)
 
-    def _sparse(self, query, key, value, grid, layout):
+    def _sparse(self, query, key, value, layout):
+        """The sparse output in the call's layout, or None where the runtime decided dense."""
+        call = self.current
+        if call is None:
+            return None
         parallel = self._context_parallel_config()
         if parallel is not None:
-            return context_parallel_attention(query, key, value, self.runtime, self.layer, parallel)
-        return self.runtime.attention(query, key, value, self.layer, layout=layout, grid=grid)
+            return context_parallel_attention(query, key, value, call, self.runtime.grid, parallel)
+        if layout == "bshd":
+            return call.run(*(x.transpose(1, 2) for x in (query, key, value))).transpose(1, 2)
+        return call.run(query, key, value)
 
     def dense(self, query, key, value, mask=None, layout: str = "bshd", reason: str | None = None):
         """Full attention as the stock processor runs it: through diffusers' attention dispatch

@@ -63,8 +63,8 @@ COGVIDEOX = ModelFamily(
     name="cogvideox",
     transformer_classes=("CogVideoXTransformer3DModel",),
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.transformer_blocks)],
-    make_processor=lambda original, runtime, layer: SparseCogVideoXAttnProcessor(
-        runtime, layer, fused=isinstance(original, FusedCogVideoXAttnProcessor2_0)
+    make_processor=lambda module, runtime, layer: SparseCogVideoXAttnProcessor(
+        runtime, layer, fused=isinstance(module.processor, FusedCogVideoXAttnProcessor2_0)
     ),
     grid=_grid,
 )

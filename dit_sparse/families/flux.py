@@ -90,7 +90,7 @@ FLUX = ModelFamily(
     name="flux",
     transformer_classes=("FluxTransformer2DModel",),
     self_attention=_self_attention,
-    make_processor=lambda original, runtime, layer: SparseFluxAttnProcessor(runtime, layer),
+    make_processor=lambda module, runtime, layer: SparseFluxAttnProcessor(runtime, layer),
     grid=_grid,
     context_parallel=True,
 )

@@ -60,7 +60,7 @@ class SparseHunyuanVideoAttnProcessor(SparseProcessor, HunyuanVideoAttnProcessor
         # padded text dropped rather than masked, in dense layers and steps too (a key mask makes
         # cuDNN ~1.4x slower at 720p; docs/results/e2e_notes.md)
         padding = (valid, total) if valid < total else None
-        out = self.attend(query, key, value, mask=attention_mask, padding=padding, grid=grid)
+        out = self.attend(query, key, value, mask=attention_mask, padding=padding)
         out = out.flatten(2, 3).to(query.dtype)
         text = encoder_hidden_states.shape[1]
         hidden_states, encoder_hidden_states = out[:, :-text], out[:, -text:]
@@ -101,6 +101,6 @@ HUNYUAN_VIDEO = ModelFamily(
     name="hunyuan_video",
     transformer_classes=("HunyuanVideoTransformer3DModel",),
     self_attention=_self_attention,
-    make_processor=lambda original, runtime, layer: SparseHunyuanVideoAttnProcessor(runtime, layer),
+    make_processor=lambda module, runtime, layer: SparseHunyuanVideoAttnProcessor(runtime, layer),
     grid=_grid,
 )

@@ -51,7 +51,7 @@ LTX = ModelFamily(
     name="ltx",
     transformer_classes=("LTXVideoTransformer3DModel",),
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.transformer_blocks)],
-    make_processor=lambda original, runtime, layer: SparseLTXVideoAttnProcessor(runtime, layer),
+    make_processor=lambda module, runtime, layer: SparseLTXVideoAttnProcessor(runtime, layer),
     grid=_grid,
     context_parallel=True,
 )

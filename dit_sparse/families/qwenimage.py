@@ -126,6 +126,6 @@ QWENIMAGE = ModelFamily(
         (i, block.attn) for i, block in enumerate(t.transformer_blocks)
         if type(block.attn.processor) is QwenDoubleStreamAttnProcessor2_0
     ],
-    make_processor=lambda original, runtime, layer: SparseQwenDoubleStreamAttnProcessor(runtime, layer),
+    make_processor=lambda module, runtime, layer: SparseQwenDoubleStreamAttnProcessor(runtime, layer),
     grid=_grid,
 )

@@ -15,6 +15,15 @@ class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
     """JointAttnProcessor2_0: the same projections and q/k norms, with the attention call
     routed through the sparse runtime (joint image + text for `attn`, image only for `attn2`)."""
 
+    def __init__(self, runtime, layer: int, image_only: bool = False):
+        super().__init__(runtime, layer)
+        self.image_only = image_only  # SD3.5's `attn2`: no text projections, attends the image tokens alone
+
+    def grid_of(self, grid: TokenGrid | None) -> TokenGrid | None:
+        if grid is None or not self.image_only:
+            return grid
+        return TokenGrid(grid.frames, grid.height, grid.width)
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         residual = hidden_states
         batch_size = hidden_states.shape[0]
@@ -26,11 +35,9 @@ class SparseJointAttnProcessor(SparseProcessor, JointAttnProcessor2_0):
             query, key, value = (torch.cat([t, e], dim=1) for t, e in zip((query, key, value), encoder_qkv))
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))
 
-        grid = self.runtime.grid
-        if grid is not None and encoder_hidden_states is None:  # attn2: the image tokens alone
-            grid = TokenGrid(grid.frames, grid.height, grid.width)
+        grid = self.grid_of(self.runtime.grid)
         if grid is not None and grid.num_tokens == query.shape[2]:
-            out = self.attend(query, key, value, grid=grid, layout="bhsd")
+            out = self.attend(query, key, value, layout="bhsd")
         else:
             out = self.dense(query, key, value, layout="bhsd", reason="no token grid for this call")
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
@@ -64,6 +71,8 @@ SD3 = ModelFamily(
     name="sd3",
     transformer_classes=("SD3Transformer2DModel",),
     self_attention=_self_attention,
-    make_processor=lambda original, runtime, layer: SparseJointAttnProcessor(runtime, layer),
+    make_processor=lambda module, runtime, layer: SparseJointAttnProcessor(
+        runtime, layer, image_only=module.add_q_proj is None,
+    ),
     grid=_grid,
 )

@@ -40,7 +40,7 @@ WAN = ModelFamily(
     name="wan",
     transformer_classes=("WanTransformer3DModel",),
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.blocks)],
-    make_processor=lambda original, runtime, layer: SparseWanAttnProcessor(runtime, layer),
+    make_processor=lambda module, runtime, layer: SparseWanAttnProcessor(runtime, layer),
     grid=_grid,
     context_parallel=True,
 )
