@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dit_sparse.bench_options import add_arguments
 from dit_sparse.kernels import (
     KernelConfig,
     TokenOrder,
@@ -341,12 +342,7 @@ def markdown(records, command, device):
 
 def parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     ap = ap or argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="wan480,wan720", help=f"comma list of {list(SHAPES)}")
-    ap.add_argument("--out", default="docs/results", help="folder for kernels_<gpu>.json/.md")
-    ap.add_argument("--sweep", action="store_true", help="time tile/pipeline configs instead")
-    ap.add_argument("--phase", action="store_true", help="time key lists walked from the start vs from "
-                    "each program's launch phase instead")
-    return ap
+    return add_arguments(ap)
 
 
 def run(args) -> dict:

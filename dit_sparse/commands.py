@@ -1,0 +1,149 @@
+"""What the `dit-sparse` commands do once parsed (dit_sparse/cli.py builds the parser and imports
+this module only when a command runs, since it pulls in torch and diffusers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import generation as gen
+from .api import apply
+from .compare import compare, preset_config
+from .media import save_frames, video_suffix
+
+
+def run(args, command_line: str) -> int:
+    """Run the parsed command; a problem of the request raises generation.GenerationError."""
+    if args.command == "info":
+        return info()
+    if args.command == "bench":
+        return bench(args, command_line)
+    return generate_command(args, command_line) if args.command == "generate" else compare_command(args, command_line)
+
+
+def _overrides(args) -> dict:
+    return dict(dense_steps=args.dense_steps, dense_layers=args.dense_layers, refresh_every=args.refresh_every,
+                density=args.density, recall=args.recall)
+
+
+def _model(args):
+    """The pipeline folder of `args`, whether it is the demo model, and its pipeline's spec."""
+    path, is_demo = gen.resolve_model(args.model)
+    return path, is_demo, gen.pipeline_spec(gen.pipeline_class_name(path))
+
+
+def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec):
+    """Load the pipeline, check the request, and return what a generation needs."""
+    device, warning = gen.pick_device(args.device)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    dtype = gen.pick_dtype(args.dtype, device)
+    defaults = gen.DEMO_DEFAULTS if is_demo else {}
+    request = gen.GenerationRequest(
+        prompt=prompt, negative_prompt=args.negative_prompt,
+        num_frames=args.num_frames or defaults.get("num_frames"), height=args.height or defaults.get("height"),
+        width=args.width or defaults.get("width"), steps=args.steps or defaults.get("steps"),
+        guidance_scale=args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale"),
+        seed=getattr(args, "seed", 0), max_sequence_length=args.max_sequence_length or defaults.get("max_sequence_length"),
+    )
+    pipe = gen.load_pipeline(path, dtype=dtype, device=device, cpu_offload=args.cpu_offload)
+    gen.check_request(pipe, spec, request)
+    meta = dict(model=str(args.model or "bundled demo model"), path=str(path), pipeline=type(pipe).__name__,
+                device=device, dtype=str(dtype).replace("torch.", ""))
+    return pipe, request, meta
+
+
+def generate_command(args, command_line: str) -> int:
+    config = preset_config(args.preset, _overrides(args))
+    path, is_demo, spec = _model(args)
+    output = Path(args.output) if args.output else Path("dit_sparse_output" + (".mp4" if spec.video else ".png"))
+    gen.check_output(output, spec)
+    pipe, request, meta = _setup(args, args.prompt, path, is_demo, spec)
+    handle = apply(pipe, config) if config is not None else None
+    result = gen.generate(pipe, spec, request, handle)
+    save_frames(result.frames, output, fps=args.fps)
+    sidecar = output.with_suffix(".json")
+    sidecar.write_text(json.dumps(dict(
+        meta, command=command_line, preset=args.preset, config=asdict(config) if config else None,
+        request=asdict(request), wall_s=result.wall_s, transformer_s=result.transformer_s,
+        transformer_s_per_step=result.transformer_s_per_step, steps=result.steps,
+        frames=list(result.frames.shape), stats=result.stats,
+    ), indent=1))
+    print(f"wrote {output} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]}) and {sidecar}")
+    print(f"wall time {result.wall_s:.1f} s; transformer {result.transformer_s:.1f} s "
+          f"({result.transformer_s_per_step:.2f} s/step over {result.steps} steps); preset {args.preset}")
+    print(gen.sparsity_summary(result.stats))
+    return 0
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise gen.GenerationError(f"--prompts {args.prompts} is not a file; give a text file with one prompt per line.")
+        prompts += [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise gen.GenerationError("compare needs at least one prompt: --prompt TEXT (repeatable) or --prompts FILE.")
+    return prompts
+
+
+def compare_command(args, command_line: str) -> int:
+    prompts = _prompts(args)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    configs = {name: preset_config(name, _overrides(args)) for name in presets if name != "dense"}
+    if not args.seeds:
+        raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
+    path, is_demo, spec = _model(args)
+    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec)
+    suffix, problem = video_suffix()
+    if problem is not None:  # say so now, not after the first clip
+        print(f"note: {problem}; the side-by-side videos are written as GIF", file=sys.stderr)
+    start = time.perf_counter()
+    report = compare(pipe, spec, prompts=prompts, seeds=args.seeds, configs=configs, request=request, out_dir=args.out,
+                     fps=args.fps, warmup=not args.no_warmup, video_suffix=suffix,
+                     meta=dict(meta, command=command_line))
+    print(f"compared {', '.join(report['summary'])} on {len(prompts)} prompt(s) x {len(args.seeds)} seed(s) "
+          f"in {time.perf_counter() - start:.0f} s")
+    for name, row in report["summary"].items():
+        psnr = row["psnr"] if row["psnr"] == "inf" else f"{row['psnr']:.2f} dB"
+        density = "n/a" if row["mean_density"] is None else f"{row['mean_density']:.3f}"
+        print(f"  {name:9s} speed-up {row['speedup']:.2f}x  density {density}  PSNR {psnr}  SSIM {row['ssim']:.4f}")
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def bench(args, command_line: str) -> int:
+    from . import kernel_benchmark
+
+    args.command = command_line
+    try:
+        kernel_benchmark.run(args)
+    except ValueError as e:
+        raise gen.GenerationError(str(e)) from None
+    return 0
+
+
+def info() -> int:
+    import diffusers
+    import torch
+    import triton
+
+    from . import __version__
+    from .families import supported
+
+    print(f"dit-sparse {__version__}")
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}, diffusers {diffusers.__version__}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"GPU {i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}")
+    else:
+        print("GPU: none visible (generation falls back to the CPU; Triton kernels need CUDA)")
+    print(f"supported pipelines: {gen.supported_pipelines()}")
+    print(f"supported transformer families: {supported()}")
+    demo = "present" if (gen.DEMO_MODEL / "model_index.json").exists() else "missing"
+    print(f"bundled demo model: {demo} ({gen.DEMO_MODEL})")
+    return 0
