@@ -3,6 +3,7 @@ this module only when a command runs, since it pulls in torch and diffusers)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -24,6 +25,11 @@ def run(args, command_line: str) -> int:
     return generate_command(args, command_line) if args.command == "generate" else compare_command(args, command_line)
 
 
+def _given(value, default):
+    """The user's value when given (0 included, so that the checks see it), else the default."""
+    return default if value is None else value
+
+
 def _overrides(args) -> dict:
     return dict(dense_steps=args.dense_steps, dense_layers=args.dense_layers, refresh_every=args.refresh_every,
                 density=args.density, recall=args.recall)
@@ -37,6 +43,8 @@ def _model(args):
 
 def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec):
     """Load the pipeline, check the request, and return what a generation needs."""
+    if args.fps < 1:
+        raise gen.GenerationError(f"--fps {args.fps} must be at least 1.")
     device, warning = gen.pick_device(args.device)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -44,10 +52,10 @@ def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec)
     defaults = gen.DEMO_DEFAULTS if is_demo else {}
     request = gen.GenerationRequest(
         prompt=prompt, negative_prompt=args.negative_prompt,
-        num_frames=args.num_frames or defaults.get("num_frames"), height=args.height or defaults.get("height"),
-        width=args.width or defaults.get("width"), steps=args.steps or defaults.get("steps"),
-        guidance_scale=args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale"),
-        seed=getattr(args, "seed", 0), max_sequence_length=args.max_sequence_length or defaults.get("max_sequence_length"),
+        num_frames=_given(args.num_frames, defaults.get("num_frames")), height=_given(args.height, defaults.get("height")),
+        width=_given(args.width, defaults.get("width")), steps=_given(args.steps, defaults.get("steps")),
+        guidance_scale=_given(args.guidance_scale, defaults.get("guidance_scale")), seed=getattr(args, "seed", 0),
+        max_sequence_length=_given(args.max_sequence_length, defaults.get("max_sequence_length")),
     )
     pipe = gen.load_pipeline(path, dtype=dtype, device=device, cpu_offload=args.cpu_offload)
     gen.check_request(pipe, spec, request)
@@ -118,9 +126,8 @@ def compare_command(args, command_line: str) -> int:
 def bench(args, command_line: str) -> int:
     from . import kernel_benchmark
 
-    args.command = command_line
-    try:
-        kernel_benchmark.run(args)
+    try:  # the benchmark records the command line as `command`; args.command stays the subcommand's name
+        kernel_benchmark.run(argparse.Namespace(**dict(vars(args), command=command_line)))
     except ValueError as e:
         raise gen.GenerationError(str(e)) from None
     return 0

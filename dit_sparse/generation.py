@@ -228,6 +228,8 @@ def check_request(pipe, spec: PipelineSpec, request: GenerationRequest) -> None:
                 )
     if request.steps is not None and request.steps < 1:
         raise GenerationError(f"--steps {request.steps} must be at least 1.")
+    if request.max_sequence_length is not None and request.max_sequence_length < 1:
+        raise GenerationError(f"--max-sequence-length {request.max_sequence_length} must be at least 1.")
 
 
 def check_output(path: Path, spec: PipelineSpec) -> None:

@@ -142,6 +142,41 @@ def test_bad_requests(model_dir, tmp_path, capsys, argv, needle):
     assert needle in err
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "0"], "--steps 0 must be at least 1"),
+    (["--height", "0"], "--height 0 does not suit WanPipeline: it must be a positive multiple of 16"),
+    (["--width", "0"], "--width 0 does not suit WanPipeline"),
+    (["--num-frames", "0"], "--num-frames 0 does not suit WanPipeline"),
+    (["--max-sequence-length", "0"], "--max-sequence-length 0 must be at least 1"),
+    (["--fps", "0"], "--fps 0 must be at least 1"),
+])
+def test_zero_is_refused_not_replaced_by_the_default(model_dir, tmp_path, capsys, argv, needle):
+    base = ["generate", "--model", model_dir, "--prompt", "x", *SMALL, "--output", tmp_path / "o.mp4"]
+    err = _error(capsys, *base, *argv)
+    assert needle in err and not (tmp_path / "o.mp4").exists()
+
+
+def test_zero_steps_refused_for_the_demo_model_too(tmp_path, capsys):
+    """The demo model has its own defaults (generation.DEMO_DEFAULTS); a 0 must not fall back to them."""
+    err = _error(capsys, "generate", "--prompt", "x", "--steps", "0", "--device", "cpu", "--output", tmp_path / "o.mp4")
+    assert "--steps 0 must be at least 1" in err
+
+
+def test_bench_error_names_the_program_once(capsys, monkeypatch):
+    from dit_sparse import kernel_benchmark
+
+    seen = {}
+
+    def refuse(args):
+        seen.update(vars(args))
+        raise ValueError("the kernel benchmark needs a CUDA GPU")
+
+    monkeypatch.setattr(kernel_benchmark, "run", refuse)
+    err = _error(capsys, "bench", "--shapes", "wan480")
+    assert err.startswith("dit-sparse bench: error: the kernel benchmark needs a CUDA GPU")
+    assert seen["command"] == "dit-sparse bench --shapes wan480" and seen["shapes"] == "wan480"
+
+
 def test_out_of_memory_says_what_to_do(model_dir, tmp_path, capsys, monkeypatch):
     def oom(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
