@@ -1,5 +1,5 @@
 """How much a video changed: PSNR and SSIM per frame (torchmetrics), averaged over frames, and
-LPIPS when its network weights are on this machine (never downloaded, never made up)."""
+LPIPS when torchvision and the AlexNet weights are on this machine (never downloaded, never made up)."""
 
 from __future__ import annotations
 
@@ -43,20 +43,23 @@ def paired_differences(diffs) -> dict:
 
 
 class LPIPS:
-    """LPIPS (AlexNet) of frames against a reference, if torchvision and the AlexNet weights are
-    present locally; otherwise `available` is False and `reason` says why."""
+    """LPIPS (AlexNet) of frames against a reference. It needs torchvision and the AlexNet weights
+    in torch hub's checkpoints folder, and downloads neither; without them `available` is False
+    and `reason` says what is missing and where the weights belong."""
 
     def __init__(self, device: str = "cpu"):
         self.metric = None
         self.reason = None
         weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
+        needs = f"LPIPS needs torchvision and the AlexNet weights at {weights}; nothing is downloaded"
         try:
             import torchvision  # noqa: F401
         except ImportError:
-            self.reason = "torchvision is not installed"
+            self.reason = f"torchvision is not installed ({needs})"
             return
         if not weights.exists():
-            self.reason = f"the AlexNet weights are not on this machine ({weights}); nothing is downloaded"
+            self.reason = (f"the AlexNet weights are not on this machine ({needs}; torchvision.models.alexnet("
+                           "weights='DEFAULT') fetches them on a machine with internet access)")
             return
         try:
             from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity

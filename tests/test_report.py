@@ -1,9 +1,12 @@
 """Quality metrics, side-by-side frames and report plots on hand-made inputs."""
 
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
+import torch
 
 from dit_sparse import quality, report_plots
 from dit_sparse.media import save_frames, side_by_side
@@ -25,6 +28,24 @@ def test_psnr_ssim_known_values():
 def test_lpips_reports_why_it_is_unavailable():
     metric = quality.LPIPS()
     assert metric.available or metric.reason
+
+
+def test_lpips_without_torchvision_names_both_needs(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision raises ImportError
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    metric = quality.LPIPS()
+    assert not metric.available
+    assert "torchvision is not installed" in metric.reason
+    assert str(tmp_path / "checkpoints" / quality.ALEXNET_WEIGHTS) in metric.reason and "nothing is downloaded" in metric.reason
+
+
+def test_lpips_without_weights_says_where_they_belong(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    metric = quality.LPIPS()
+    assert not metric.available
+    assert "AlexNet weights are not on this machine" in metric.reason
+    assert str(tmp_path / "checkpoints" / quality.ALEXNET_WEIGHTS) in metric.reason
 
 
 def test_side_by_side_layout():
