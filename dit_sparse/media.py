@@ -49,11 +49,16 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     return (np.clip(frame, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-def side_by_side(videos: list[tuple[str, np.ndarray]], label_height: int = 20) -> np.ndarray:
-    """Frames of several equally long videos placed left to right, each under its label."""
+def side_by_side(videos: list[tuple[str, np.ndarray]], label_height: int = 20, multiple: int = 16) -> np.ndarray:
+    """Frames of several equally long videos placed left to right, each under its label.
+
+    The label strip grows and a black margin is added on the right until both sides are
+    multiples of `multiple` (video encoders' macro block), so that no writer has to resize.
+    """
     count = min(len(v) for _, v in videos)
     height = max(v.shape[1] for _, v in videos)
-    font = ImageFont.load_default(size=max(10, label_height - 6))
+    label_height += -(height + label_height) % multiple
+    font = ImageFont.load_default(size=max(10, min(label_height, 20) - 6))
     columns = []
     for label, video in videos:
         width = video.shape[2]
@@ -67,4 +72,6 @@ def side_by_side(videos: list[tuple[str, np.ndarray]], label_height: int = 20) -
     out = [columns[0]]
     for col in columns[1:]:
         out += [gap, col]
+    width = sum(part.shape[2] for part in out)
+    out.append(np.zeros((count, height + label_height, -width % multiple, 3), dtype=np.float32))
     return np.concatenate(out, axis=2)

@@ -63,7 +63,7 @@ def test_generate_dense_gif(model_dir, tmp_path, capsys):
     assert "sparsity: off" in stdout
 
 
-def test_compare_writes_every_file(model_dir, tmp_path, capsys):
+def test_compare_writes_every_file(model_dir, tmp_path, capsys, caplog):
     out = tmp_path / "report"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving left\n\na green star rotating\n")
@@ -87,6 +87,8 @@ def test_compare_writes_every_file(model_dir, tmp_path, capsys):
     assert "| balanced |" in md and "head_kinds_fast.png" in md
     side = read_mp4(out / "side_by_side_prompt0.mp4")
     assert side.shape[0] == 9 and side.shape[2] >= 3 * 64  # dense | balanced | fast
+    assert side.shape[1] % 16 == 0 and side.shape[2] % 16 == 0
+    assert "resizing" not in caplog.text  # imageio resizes frames that are not multiples of 16, and says so
 
 
 def test_compare_writes_gif_without_the_mp4_writer(model_dir, tmp_path, capsys, monkeypatch):

@@ -51,10 +51,19 @@ def test_lpips_without_weights_says_where_they_belong(monkeypatch, tmp_path):
 def test_side_by_side_layout():
     a = np.zeros((4, 8, 10, 3), np.float32)
     b = np.ones((5, 6, 12, 3), np.float32)
-    out = side_by_side([("dense", a), ("fast", b)], label_height=12)
+    out = side_by_side([("dense", a), ("fast", b)], label_height=12, multiple=1)
     assert out.shape == (4, 8 + 12, 10 + 4 + 12, 3)
     assert out[0, 12:, :10].max() == 0 and out[0, 12:18, 14:].min() == 1  # bodies under their labels
     assert out[0, :12, :10].max() > 0  # the label text is drawn
+
+
+def test_side_by_side_is_a_multiple_of_16_and_written_without_resizing(tmp_path, caplog):
+    video = np.full((3, 256, 256, 3), 0.5, np.float32)
+    out = side_by_side([("dense", video), ("balanced", video), ("fast", video)])
+    assert out.shape == (3, 288, 784, 3)  # 256 + a 32-row label strip; 3 x 256 + 2 gaps of 4 + a 8-column margin
+    assert out[0, 32:, :256].min() == 0.5 and out[0, :, 776:].max() == 0  # bodies under the labels, black margin
+    save_frames(out, tmp_path / "side.mp4")
+    assert "resizing" not in caplog.text  # imageio_ffmpeg warns when it has to resize a frame
 
 
 def test_save_frames_rejects_multi_frame_png(tmp_path):
