@@ -12,6 +12,7 @@ import inspect
 import json
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,15 +182,33 @@ def pick_dtype(dtype: str | None, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@contextmanager
+def quiet_loading():
+    """Hide diffusers' and transformers' loading progress bars; each library's setting is restored after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was_enabled in enabled:
+            if was_enabled:
+                lib.enable_progress_bar()
+
+
 def load_pipeline(path: Path, *, dtype: torch.dtype, device: str, cpu_offload: bool = False):
-    """The stock pipeline of `path` on `device` (or with model CPU offload)."""
+    """The stock pipeline of `path` on `device` (or with model CPU offload), loaded without progress bars."""
     import diffusers
 
     class_name = pipeline_class_name(path)
     pipeline_spec(class_name)
     cls = getattr(diffusers, class_name)
     try:
-        pipe = cls.from_pretrained(path, dtype=dtype)
+        with quiet_loading():
+            pipe = cls.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as e:
         raise GenerationError(
             f"Could not load {class_name} from {path}: {str(e).strip().splitlines()[0]}. Check that the folder holds "
