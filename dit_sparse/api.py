@@ -110,14 +110,19 @@ def _transformers_of(target) -> dict[str, torch.nn.Module]:
 
 def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttention:
     """Give the self-attention layers of a pipeline's transformer(s), or of a transformer,
-    sparse processors. Applying again returns the same handle (with `config`, if given)."""
-    transformers = _transformers_of(target)
+    sparse processors. Applying again returns the same handle (with `config`, if given), and
+    after `torch.compile` of a whole transformer moves the step hook onto the compiled wrapper,
+    outside its compiled region."""
+    outer = _transformers_of(target)
+    transformers = {name: hooks.unwrap(t) for name, t in outer.items()}
     handles = {id(h) for t in transformers.values() if (h := getattr(t, HANDLE_ATTRIBUTE, None)) is not None}
     if handles:
         handle = getattr(next(iter(transformers.values())), HANDLE_ATTRIBUTE)
         if len(handles) == 1 and all(getattr(t, HANDLE_ATTRIBUTE, None) is handle for t in transformers.values()):
             if config is not None and config != handle.config:
                 handle.set_config(config)
+            for transformer in outer.values():
+                hooks.attached(transformer).call_site(transformer)
             return handle
         raise ValueError("some of these transformers already have dit_sparse applied on their own; remove it first")
     for name, transformer in transformers.items():
@@ -138,7 +143,7 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
             _hand_on_settings(module.processor, processor)  # the stock path keeps them
             originals.append((module, module.processor))
             module.set_processor(processor)
-        hooks.attach(transformer, hooks.StepHook(runtime, family))
+        hooks.attach(outer[name], hooks.StepHook(runtime, family))
         runtimes[name] = runtime
         sparse = [layer for layer in runtime.layers if layer >= config.dense_layers]
         logger.info(

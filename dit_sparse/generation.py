@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .families import FAMILIES, dropin_pipelines
 from .media import writer_missing
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
@@ -58,15 +59,8 @@ class PipelineSpec:
                     if hasattr(pipe, a))
 
 
-PIPELINES = {
-    "WanPipeline": PipelineSpec("Wan", video=True),
-    "CogVideoXPipeline": PipelineSpec("CogVideoX", video=True),
-    "HunyuanVideoPipeline": PipelineSpec("HunyuanVideo", video=True),
-    "LTXPipeline": PipelineSpec("LTX-Video", video=True),
-    "FluxPipeline": PipelineSpec("Flux", video=False, patch_multiple=2),
-    "StableDiffusion3Pipeline": PipelineSpec("SD3", video=False),
-    "QwenImagePipeline": PipelineSpec("Qwen-Image", video=False, patch_multiple=2),
-}
+PIPELINES = {f.pipeline: PipelineSpec(f.title, f.video, f.patch_multiple) for f in FAMILIES}
+"""The stock pipeline class of each family -> its spec (from the family registry)."""
 
 
 def supported_pipelines() -> str:
@@ -149,7 +143,7 @@ def pipeline_class_name(path: Path) -> str:
         name = json.loads((path / "model_index.json").read_text())["_class_name"]
     except (OSError, ValueError, KeyError) as e:
         raise GenerationError(f"{path}/model_index.json is unreadable ({e}); the folder is not a usable diffusers pipeline.") from None
-    return name[len("Sparse"):] if name.startswith("Sparse") and name[len("Sparse"):] in PIPELINES else name
+    return dropin_pipelines().get(name, name)
 
 
 def pipeline_spec(class_name: str) -> PipelineSpec:

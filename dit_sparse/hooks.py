@@ -8,7 +8,14 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from .families import context_parallel_families
+
 HOOK_NAME = "dit_sparse"
+COMPILED_HOOK = (
+    "dit_sparse's step hook ran inside a compiled region: the transformer was compiled as a whole after "
+    "dit_sparse.apply. Call dit_sparse.apply(pipe) again after torch.compile (it moves the hook outside the "
+    "compiled module), or compile the blocks instead: pipe.transformer.compile_repeated_blocks(fullgraph=True)."
+)
 
 
 class _NoState(BaseState):
@@ -37,15 +44,26 @@ class StepHook(ModelHook):
         self.runtime = runtime
         self.family = family
         self.context = StateManager(_NoState)
-        self.pre_hook = None  # handle of the torch forward pre-hook, set by attach
+        self.pre_hook = None  # handle of the torch forward pre-hook, set by call_site
+
+    def call_site(self, module):
+        """Read each call's inputs where `module` (the transformer, or the torch.compile wrapper
+        that holds it) is called: a wrapper's own hooks run before, outside, its compiled region."""
+        if self.pre_hook is not None:
+            self.pre_hook.remove()
+        self.pre_hook = module.register_forward_pre_hook(self.begin_call, with_kwargs=True)
 
     def begin_call(self, module, args, kwargs):
         """The torch forward pre-hook: tell the runtime about this call (inputs unchanged)."""
+        if torch.compiler.is_compiling():
+            raise RuntimeError(COMPILED_HOOK)
+        module = unwrap(module)
         parallel = getattr(module, "_parallel_config", None)
         if getattr(parallel, "context_parallel_config", None) is not None and not self.family.context_parallel:
             raise ValueError(
                 f"dit_sparse does not support context parallelism for {type(module).__name__} ({self.family.name}); "
-                "it does for Wan, Flux and LTX-Video. Run this model without enable_parallelism or without dit_sparse."
+                f"it does for {context_parallel_families()}. Run this model without enable_parallelism or without "
+                "dit_sparse."
             )
         # the class's forward: the instance's one is wrapped by hooks and takes *args, **kwargs
         inputs = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
@@ -60,18 +78,24 @@ class StepHook(ModelHook):
         return module
 
 
+def unwrap(module):
+    """The module a torch.compile wrapper (OptimizedModule) holds, else the module itself."""
+    return getattr(module, "_orig_mod", module)
+
+
 def attach(transformer, hook: StepHook):
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
-    hook.pre_hook = transformer.register_forward_pre_hook(hook.begin_call, with_kwargs=True)
+    """Register `hook` on a transformer (or the torch.compile wrapper that holds it)."""
+    HookRegistry.check_if_exists_or_initialize(unwrap(transformer)).register_hook(hook, HOOK_NAME)
+    hook.call_site(transformer)
 
 
 def detach(transformer):
     hook = attached(transformer)
     if hook is not None:
         hook.pre_hook.remove()
-        transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+        unwrap(transformer)._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
 
 
 def attached(transformer) -> StepHook | None:
-    registry = getattr(transformer, "_diffusers_hook", None)
+    registry = getattr(unwrap(transformer), "_diffusers_hook", None)
     return registry.get_hook(HOOK_NAME) if registry is not None else None

@@ -1,45 +1,33 @@
 """Drop-in pipelines: the stock diffusers pipelines with sparse self-attention
 (installed as `dit_sparse.pipelines`).
 
-Each class lives in its family's module and is imported on first use, so that
-`from dit_sparse.pipelines import SparseWanPipeline` imports diffusers' Wan pipeline only (and not
-Flux's or Qwen-Image's, whose modules pull in image processors, and with them transformers'
-warnings about a missing torchvision).
+One `Sparse<Family>Pipeline` per entry of a family's `pipelines` (dit_sparse/families), made on
+first use from the stock class it names, so that `from dit_sparse.pipelines import
+SparseWanPipeline` imports diffusers' Wan pipeline only (and not Flux's or Qwen-Image's, whose
+modules pull in image processors, and with them transformers' warnings about a missing
+torchvision).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
 
-_MODULES = {  # class name -> the module of this package that defines it
-    "SparseCogVideoXPipeline": "cogvideox",
-    "SparseFluxPipeline": "flux",
-    "SparseHunyuanVideoPipeline": "hunyuan_video",
-    "SparseLTXPipeline": "ltx",
-    "SparseQwenImagePipeline": "qwenimage",
-    "SparseSD3Pipeline": "sd3",
-    "SparseWanPipeline": "wan",
-}
+from dit_sparse.families import dropin_pipelines
 
-__all__ = sorted(_MODULES)
+from .sparse_pipeline import sparse_pipeline
 
-if TYPE_CHECKING:
-    from .cogvideox import SparseCogVideoXPipeline
-    from .flux import SparseFluxPipeline
-    from .hunyuan_video import SparseHunyuanVideoPipeline
-    from .ltx import SparseLTXPipeline
-    from .qwenimage import SparseQwenImagePipeline
-    from .sd3 import SparseSD3Pipeline
-    from .wan import SparseWanPipeline
+__all__ = sorted(dropin_pipelines())
 
 
 def __getattr__(name: str):
-    """A Sparse* pipeline class, imported from its family's module on first use."""
-    if name not in _MODULES:
+    """A Sparse* pipeline class, made from its stock class on first use (then a module attribute)."""
+    stock = dropin_pipelines().get(name)
+    if stock is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_MODULES[name]}", __name__), name)
+    cls = sparse_pipeline(getattr(import_module("diffusers"), stock), name)
+    globals()[name] = cls
+    return cls
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_MODULES})
+    return sorted({*globals(), *__all__})

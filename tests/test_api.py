@@ -167,3 +167,26 @@ def test_logs_say_which_layers_are_sparse_and_why_calls_ran_dense(caplog):
     assert any("layer 0 branch cond step 1: dense (dense_layers=1)" in m for m in messages)
     assert any("layer 2 branch uncond step 0: dense (warm-up step, dense_steps=1)" in m for m in messages)
     assert not any("layer 2 branch cond step 1: dense" in m for m in messages)
+
+
+def test_the_family_registry_is_the_one_list_of_families(tmp_path):
+    """Drop-in pipelines, the CLI's pipeline specs and the saved-folder lookup all come from
+    the families' own entries (a Sparse* folder maps back to its stock class, SD3's included)."""
+    import json
+
+    import diffusers
+
+    import dit_sparse.pipelines as dropins
+    from dit_sparse import generation
+    from dit_sparse.families import FAMILIES
+
+    for family in FAMILIES:
+        for name, stock in family.pipelines.items():
+            cls = getattr(dropins, name)
+            assert issubclass(cls, getattr(diffusers, stock)) and getattr(dropins, name) is cls
+            assert name in dropins.__all__
+            (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": name}))
+            assert generation.pipeline_class_name(tmp_path) == stock
+        spec = generation.PIPELINES[family.pipeline]
+        assert (spec.family, spec.video, spec.patch_multiple) == (family.title, family.video, family.patch_multiple)
+    assert len(generation.PIPELINES) == len(FAMILIES)

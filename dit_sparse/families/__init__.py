@@ -18,6 +18,17 @@ def find_family(transformer) -> ModelFamily | None:
     return next((f for f in FAMILIES if f.matches(transformer)), None)
 
 
+def dropin_pipelines() -> dict[str, str]:
+    """Every drop-in pipeline class name -> the stock diffusers pipeline class it extends."""
+    return {name: stock for f in FAMILIES for name, stock in f.pipelines.items()}
+
+
+def context_parallel_families() -> str:
+    """The families whose processors run sparse under Ulysses context parallelism, by title."""
+    titles = [f.title for f in FAMILIES if f.context_parallel]
+    return ", ".join(titles[:-1]) + f" and {titles[-1]}" if len(titles) > 1 else "".join(titles)
+
+
 def supported() -> str:
     """One line listing the supported families and their transformer classes."""
     return "; ".join(f"{f.name} ({', '.join(f.transformer_classes)})" for f in FAMILIES)

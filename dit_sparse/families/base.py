@@ -17,9 +17,16 @@ from ..kernels import interleaved_rotary
 logger = logging.get_logger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelFamily:
-    """name: short name ("wan"); transformer_classes: class names of its transformers;
+    """Everything dit_sparse knows of one family; the CLI, the drop-in pipelines, the error
+    messages and the benchmarks read it from the registry (`families.FAMILIES`).
+
+    name: short name ("wan"); title: as users write it ("Wan"); transformer_classes: class names
+    of its transformers; pipelines: drop-in class name -> the stock diffusers pipeline class it
+    extends (the first is the one the CLI generates with); video: whether those pipelines make
+    videos; patch_multiple: the spatial patch when the pipeline packs latents itself (Flux,
+    Qwen-Image: 2), else 0 (the transformer's patch size counts);
     self_attention(transformer) -> [(layer index, attention module)] of the self-attention
     layers that get sparse processors (cross-attention and refiners keep theirs);
     make_processor(attention module, runtime, layer) -> the sparse processor for one layer;
@@ -28,11 +35,20 @@ class ModelFamily:
     parallelism (through the "dit_sparse" attention backend)."""
 
     name: str
+    title: str
     transformer_classes: tuple[str, ...]
+    pipelines: dict[str, str]
+    video: bool
     self_attention: Callable[[torch.nn.Module], list[tuple[int, torch.nn.Module]]]
     make_processor: Callable
     grid: Callable[[torch.nn.Module, dict], TokenGrid | None]
+    patch_multiple: int = 0
     context_parallel: bool = False
+
+    @property
+    def pipeline(self) -> str:
+        """The stock pipeline class the CLI loads this family's folders with."""
+        return next(iter(self.pipelines.values()))
 
     def matches(self, transformer: torch.nn.Module) -> bool:
         return any(cls.__name__ in self.transformer_classes for cls in type(transformer).__mro__)

@@ -61,7 +61,10 @@ def _grid(transformer, inputs) -> TokenGrid:
 
 COGVIDEOX = ModelFamily(
     name="cogvideox",
+    title="CogVideoX",
     transformer_classes=("CogVideoXTransformer3DModel",),
+    pipelines={"SparseCogVideoXPipeline": "CogVideoXPipeline"},
+    video=True,
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.transformer_blocks)],
     make_processor=lambda module, runtime, layer: SparseCogVideoXAttnProcessor(
         runtime, layer, fused=isinstance(module.processor, FusedCogVideoXAttnProcessor2_0)

@@ -88,7 +88,11 @@ def _grid(transformer, inputs) -> TokenGrid | None:
 
 FLUX = ModelFamily(
     name="flux",
+    title="Flux",
     transformer_classes=("FluxTransformer2DModel",),
+    pipelines={"SparseFluxPipeline": "FluxPipeline"},
+    video=False,
+    patch_multiple=2,
     self_attention=_self_attention,
     make_processor=lambda module, runtime, layer: SparseFluxAttnProcessor(runtime, layer),
     grid=_grid,

@@ -99,7 +99,10 @@ def _self_attention(transformer):
 
 HUNYUAN_VIDEO = ModelFamily(
     name="hunyuan_video",
+    title="HunyuanVideo",
     transformer_classes=("HunyuanVideoTransformer3DModel",),
+    pipelines={"SparseHunyuanVideoPipeline": "HunyuanVideoPipeline"},
+    video=True,
     self_attention=_self_attention,
     make_processor=lambda module, runtime, layer: SparseHunyuanVideoAttnProcessor(runtime, layer),
     grid=_grid,

@@ -49,7 +49,10 @@ def _grid(transformer, inputs) -> TokenGrid | None:
 
 LTX = ModelFamily(
     name="ltx",
+    title="LTX-Video",
     transformer_classes=("LTXVideoTransformer3DModel",),
+    pipelines={"SparseLTXPipeline": "LTXPipeline"},
+    video=True,
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.transformer_blocks)],
     make_processor=lambda module, runtime, layer: SparseLTXVideoAttnProcessor(runtime, layer),
     grid=_grid,

@@ -121,7 +121,11 @@ def _grid(transformer, inputs) -> TokenGrid | None:
 
 QWENIMAGE = ModelFamily(
     name="qwenimage",
+    title="Qwen-Image",
     transformer_classes=("QwenImageTransformer2DModel",),
+    pipelines={"SparseQwenImagePipeline": "QwenImagePipeline"},
+    video=False,
+    patch_multiple=2,
     self_attention=lambda t: [
         (i, block.attn) for i, block in enumerate(t.transformer_blocks)
         if type(block.attn.processor) is QwenDoubleStreamAttnProcessor2_0

@@ -69,7 +69,10 @@ def _self_attention(transformer):
 
 SD3 = ModelFamily(
     name="sd3",
+    title="SD3",
     transformer_classes=("SD3Transformer2DModel",),
+    pipelines={"SparseSD3Pipeline": "StableDiffusion3Pipeline"},
+    video=False,
     self_attention=_self_attention,
     make_processor=lambda module, runtime, layer: SparseJointAttnProcessor(
         runtime, layer, image_only=module.add_q_proj is None,

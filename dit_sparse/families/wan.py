@@ -38,7 +38,10 @@ def _grid(transformer, inputs) -> TokenGrid:
 
 WAN = ModelFamily(
     name="wan",
+    title="Wan",
     transformer_classes=("WanTransformer3DModel",),
+    pipelines={"SparseWanPipeline": "WanPipeline"},
+    video=True,
     self_attention=lambda t: [(i, block.attn1) for i, block in enumerate(t.blocks)],
     make_processor=lambda module, runtime, layer: SparseWanAttnProcessor(runtime, layer),
     grid=_grid,
