@@ -13,7 +13,7 @@ import json
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,6 @@ class GenerationResult:
     transformer_s: float  # time inside the transformer forward(s)
     steps: int
     stats: dict | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def transformer_s_per_step(self) -> float:
@@ -261,7 +260,6 @@ class TransformerTimer:
 
     def __init__(self, pipe):
         self.seconds = 0.0
-        self.calls = 0
         self._start = None
         self._handles = []
         for name in ("transformer", "transformer_2"):
@@ -282,7 +280,6 @@ class TransformerTimer:
     def _post(self, module, args, output):
         self._sync(module)
         self.seconds += time.perf_counter() - self._start
-        self.calls += 1
 
     def close(self):
         for h in self._handles:
@@ -328,8 +325,7 @@ def generate(pipe, spec: PipelineSpec, request: GenerationRequest, handle=None) 
     frames = np.clip(np.asarray(frames, dtype=np.float32), 0.0, 1.0)
     steps = len(pipe.scheduler.timesteps) // max(1, getattr(pipe.scheduler, "order", 1))
     stats = handle.stats().as_dict() if handle is not None and handle.enabled else None
-    return GenerationResult(frames=frames, wall_s=wall, transformer_s=timer.seconds, steps=steps, stats=stats,
-                            extra=dict(transformer_calls=timer.calls))
+    return GenerationResult(frames=frames, wall_s=wall, transformer_s=timer.seconds, steps=steps, stats=stats)
 
 
 def sparsity_summary(stats: dict | None) -> str:
