@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .block_sparse_attention import LOG2E
-from .reorder import TokenOrder, native_rows
+from .reorder import TokenOrder, native_rows, order_args, order_from_args
 from .utils import cdiv, check_backend, next_power_of_2, use_triton
 
 
@@ -100,12 +100,26 @@ class LseConfig:
     num_warps: int = 4
     num_stages: int = 3
 
+    def __post_init__(self):
+        if self.blocks_per_program is not None and self.blocks_per_program < 1:
+            raise ValueError(f"blocks_per_program must be >= 1, got {self.blocks_per_program}")
+
+    def as_args(self) -> list[int]:
+        """The fields as the op's `config` argument (0 for None: picked from the size)."""
+        return [self.blocks_per_program or 0, self.block_n or 0, self.num_warps, self.num_stages]
+
+    @classmethod
+    def from_args(cls, args: list[int] | None) -> "LseConfig":
+        """The inverse of `as_args`; the default config for None."""
+        if args is None:
+            return cls()
+        per, block_n, num_warps, num_stages = args
+        return cls(per or None, block_n or None, num_warps, num_stages)
+
     def resolve(self, num_blocks: int, programs_per_block: int) -> "LseConfig":
         """Swept on an H200 (docs/results/profiling_h200.json): one key block per program in
         64-key tiles while that launches fewer than 16k programs (Wan 480p: 6k); beyond, runs
         of 8 blocks in 128-key tiles, which halve the programs' fixed cost (HunyuanVideo 720p)."""
-        if self.blocks_per_program is not None and self.blocks_per_program < 1:
-            raise ValueError(f"blocks_per_program must be >= 1, got {self.blocks_per_program}")
         large = num_blocks * programs_per_block >= 16384
         per = self.blocks_per_program or (8 if large else 1)
         block_n = self.block_n or (128 if large else 64)
@@ -119,14 +133,27 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
     q_rows: (B, H, N, D), a few query rows (N up to a few hundred); k: (B, H, S, D) with a
     contiguous last dim. Layouts: L = 1 (blocks of the native order) without `order`; L = 2 with
     it, the second being the blocks of the position-major order of `order`. One launch,
-    shaped by `config` (default `LseConfig()`).
+    shaped by `config` (default `LseConfig()`). Checks its arguments, then calls the op
+    `dit_sparse::sampled_block_lse`.
     """
     check_backend(backend)
     _check(q_rows, k, block_size, order)
+    backend = "triton" if use_triton(backend, k) else "torch"
+    if backend == "triton" and k.stride(-1) != 1:
+        raise ValueError("k must have a contiguous last (head) dimension")
+    return _sampled_block_lse_op(q_rows, k, block_size, scale, *order_args(order), backend,
+                                 None if config is None else config.as_args())
+
+
+@torch.library.custom_op("dit_sparse::sampled_block_lse", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+def _sampled_block_lse_op(q_rows: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None,
+                          frames: int, positions: int, text_len: int, text_position: str, backend: str,
+                          config: list[int] | None) -> torch.Tensor:
+    """`sampled_block_lse` as an operator (opaque to torch.compile): the order as `order_args`,
+    the config as `LseConfig.as_args`, backend "triton", "torch" or "auto"."""
+    order = order_from_args(frames, positions, text_len, text_position)
     if not use_triton(backend, k):
         return sampled_block_lse_reference(q_rows, k, block_size=block_size, scale=scale, order=order)
-    if k.stride(-1) != 1:
-        raise ValueError("k must have a contiguous last (head) dimension")
     B, H, N, D = q_rows.shape
     S = k.shape[2]
     nb = cdiv(S, block_size)
@@ -135,14 +162,21 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
     layouts = 1 if order is None else 2
     out = torch.empty(B, H, layouts, N, nb, dtype=torch.float32, device=k.device)
     o = order or TokenOrder(1, 1)
-    config = (config or LseConfig()).resolve(nb, B * H * layouts)
-    per = config.blocks_per_program
+    cfg = LseConfig.from_args(config).resolve(nb, B * H * layouts)
+    per = cfg.blocks_per_program
     _block_lse_kernel[(cdiv(nb, per), B * H, layouts)](
         q_rows, k, out,
         *q_rows.stride()[:3], *k.stride()[:3], *out.stride()[:4],
         H, N, S, nb, scale * LOG2E, o.video_start, o.frames, o.positions,
         D=D, BLOCK_D=max(16, next_power_of_2(D)), BLOCK_Q=max(16, next_power_of_2(N)),
-        BLOCK_N=min(config.block_n, block_size), BLOCK_SIZE=block_size, BLOCKS_PER_PROGRAM=per,
-        NUM_STAGES=config.num_stages, num_warps=config.num_warps,
+        BLOCK_N=min(cfg.block_n, block_size), BLOCK_SIZE=block_size, BLOCKS_PER_PROGRAM=per,
+        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
     )
     return out
+
+
+@_sampled_block_lse_op.register_fake
+def _(q_rows, k, block_size, scale, frames, positions, text_len, text_position, backend, config):
+    B, H, N, _ = q_rows.shape
+    layouts = 1 if frames == 0 else 2
+    return k.new_empty(B, H, layouts, N, cdiv(k.shape[2], block_size), dtype=torch.float32)

@@ -69,9 +69,23 @@ class TokenOrder:
         return inv
 
 
+def order_args(order: TokenOrder | None) -> tuple[int, int, int, str]:
+    """`order` as the scalar arguments of the dit_sparse ops (frames, positions, text_len,
+    text_position), since an op's schema takes no dataclasses; frames = 0 stands for None."""
+    if order is None:
+        return 0, 0, 0, "none"
+    return order.frames, order.positions, order.text_len, order.text_position
+
+
+def order_from_args(frames: int, positions: int, text_len: int, text_position: str) -> TokenOrder | None:
+    """The inverse of `order_args`."""
+    return TokenOrder(frames, positions, text_len, text_position) if frames else None
+
+
 def _head_mask(heads, B: int, H: int, device) -> torch.Tensor:
-    """Heads to reorder as an int8 (B, H) tensor, from a bool/int tensor broadcastable to it
-    or a list of head indices (applied to every batch item)."""
+    """Heads to reorder as an int8 (B, H) tensor (nonzero: reorder), from a bool/int tensor
+    broadcastable to it or a list of head indices (applied to every batch item); such a mask
+    itself is taken as it is (the references get it from the ops)."""
     if heads is None:
         return torch.ones(B, H, dtype=torch.int8, device=device)
     if not isinstance(heads, torch.Tensor):
@@ -79,6 +93,8 @@ def _head_mask(heads, B: int, H: int, device) -> torch.Tensor:
         mask[list(heads)] = 1
         heads = mask
     heads = heads.to(device=device)
+    if heads.dtype == torch.int8 and heads.shape == (B, H):
+        return heads
     if heads.dim() == 1:
         heads = heads[None]
     try:
@@ -98,12 +114,12 @@ def _check_tokens(x: torch.Tensor, order: TokenOrder):
 
 
 def reorder_tokens_reference(x, order: TokenOrder, heads=None, *, inverse=False):
-    """PyTorch reference of `reorder_tokens`."""
+    """PyTorch reference of `reorder_tokens` (contiguous output, as the Triton pass writes it)."""
     _check_tokens(x, order)
     B, H = x.shape[:2]
     mask = _head_mask(heads, B, H, x.device).bool()
     index = order.frame_major_index(x.device) if inverse else order.position_major_index(x.device)
-    out = x.clone()
+    out = x.clone(memory_format=torch.contiguous_format)
     out[mask] = x[mask].index_select(1, index)
     return out
 
@@ -150,15 +166,32 @@ def reorder_tokens(x, order: TokenOrder, heads=None, *, inverse=False, backend="
 
     Native (frame-major) -> position-major, or back with `inverse=True`; text tokens stay in
     place and the other heads are copied unchanged. `heads`: None (all), a list of head
-    indices, or a bool tensor broadcastable to (B, H). One read and one write of `x`.
+    indices, or a bool tensor broadcastable to (B, H). One read and one write of `x`, into a
+    new contiguous tensor. Checks its arguments, then calls the op `dit_sparse::reorder_tokens`.
     """
     check_backend(backend)
     _check_tokens(x, order)
     if x.stride(-1) != 1:
         raise ValueError("the last dimension of x must be contiguous")
-    if not use_triton(backend, x):
-        return reorder_tokens_reference(x, order, heads, inverse=inverse)
-    return _launch_reorder(x, order, _head_mask(heads, *x.shape[:2], x.device), inverse, flagged_only=False)
+    backend = "triton" if use_triton(backend, x) else "torch"
+    mask = _head_mask(heads, *x.shape[:2], x.device)
+    return _reorder_tokens_op(x, *order_args(order), mask, inverse, backend)
+
+
+@torch.library.custom_op("dit_sparse::reorder_tokens", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+def _reorder_tokens_op(x: torch.Tensor, frames: int, positions: int, text_len: int, text_position: str,
+                       heads: torch.Tensor, inverse: bool, backend: str) -> torch.Tensor:
+    """`reorder_tokens` as an operator (opaque to torch.compile): the order as `order_args`,
+    `heads` an int8 (B, H) mask (nonzero: reorder), backend "triton", "torch" or "auto"."""
+    order = TokenOrder(frames, positions, text_len, text_position)
+    if use_triton(backend, x):
+        return _launch_reorder(x, order, heads, inverse, flagged_only=False)
+    return reorder_tokens_reference(x, order, heads, inverse=inverse)
+
+
+@_reorder_tokens_op.register_fake
+def _(x, frames, positions, text_len, text_position, heads, inverse, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def reorder_flagged_heads(x, order: TokenOrder, mask: torch.Tensor, *, block_s: int = BLOCK_ROWS,

@@ -26,6 +26,7 @@ BLOCK_TOKENS = 8
 BLOCK_PAIRS = 128
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+_TRITON_DTYPES = tuple(_TL_DTYPES)
 CONVENTIONS = ("wan", "diffusers")
 
 
@@ -33,14 +34,14 @@ def interleaved_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.
                                  convention: str = "wan") -> torch.Tensor:
     """x (B, S, H, D) rotated pairwise as diffusers' WanAttnProcessor does it ("wan"), or as its
     `apply_rotary_emb(x, (cos, sin), sequence_dim=1)` does it ("diffusers"; tables broadcast as
-    (1 or B, S, 1, D) here)."""
+    (1 or B, S, 1, D) here). The output is contiguous whatever x's strides, as the kernel's is."""
     if convention == "diffusers":
         x_real, x_imag = x.unflatten(-1, (-1, 2)).unbind(-1)
         x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
-        return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+        return (x.float() * cos + x_rotated.float() * sin).to(x.dtype).contiguous()
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[..., 0::2], sin[..., 1::2]
-    out = torch.empty_like(x)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
@@ -114,23 +115,40 @@ def _check(q, k, cos, sin):
             raise ValueError(f"{name} must be (1 or {B}, {S}, 1, {D}) to match q, got {tuple(table.shape)}")
 
 
+def _compute_dtype(q: torch.Tensor, cos: torch.Tensor, convention: str) -> torch.dtype:
+    """Wan computes in the promoted dtype of x and the tables, diffusers' helper in float32 at least."""
+    return torch.promote_types(torch.float32 if convention == "diffusers" else q.dtype, cos.dtype)
+
+
+def _rotary_backend(q, k, cos, sin, convention: str, backend: str) -> str:
+    """"triton" or "torch" for `backend`: "auto" takes Triton on CUDA for the dtypes it supports."""
+    supported = (q.dtype in _TRITON_DTYPES and k.dtype == q.dtype and sin.dtype == cos.dtype
+                 and _compute_dtype(q, cos, convention) in _TRITON_DTYPES)
+    if backend == "triton" and not supported:
+        raise ValueError(f"unsupported dtypes for the Triton rotary: q {q.dtype}, k {k.dtype}, cos {cos.dtype}, "
+                         f"sin {sin.dtype}; use backend='torch' or 'auto'")
+    return "triton" if supported and use_triton(backend, q) else "torch"
+
+
 def interleaved_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                        convention: str = "wan", backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """q and k (B, S, H, D) rotated pairwise by (1 or B, S, 1, D) cos/sin tables, as
-    `interleaved_rotary_reference` rotates each under `convention` ("wan" or "diffusers");
-    "auto" runs Triton on CUDA for the dtypes it supports (float32/16, bfloat16) and the
-    reference otherwise (e.g. float64 tables)."""
+    `interleaved_rotary_reference` rotates each under `convention` ("wan" or "diffusers"), into
+    new contiguous tensors; "auto" runs Triton on CUDA for the dtypes it supports (float32/16,
+    bfloat16) and the reference otherwise (e.g. float64 tables). Checks its arguments, then
+    calls the op `dit_sparse::interleaved_rotary`."""
     check_backend(backend)
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     _check(q, k, cos, sin)
-    # Wan computes in the promoted dtype of x and the tables, diffusers' helper in float32 at least
-    compute = torch.promote_types(torch.float32 if convention == "diffusers" else q.dtype, cos.dtype)
-    supported = q.dtype in _TL_DTYPES and k.dtype == q.dtype and compute in _TL_DTYPES and sin.dtype == cos.dtype
-    if backend == "triton" and not supported:
-        raise ValueError(f"unsupported dtypes for the Triton rotary: q {q.dtype}, k {k.dtype}, cos {cos.dtype}, "
-                         f"sin {sin.dtype}; use backend='torch' or 'auto'")
-    if not (supported and use_triton(backend, q)):
+    return _interleaved_rotary_op(q, k, cos, sin, convention, _rotary_backend(q, k, cos, sin, convention, backend))
+
+
+@torch.library.custom_op("dit_sparse::interleaved_rotary", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+def _interleaved_rotary_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                           convention: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`interleaved_rotary` as an operator (opaque to torch.compile); backend as there."""
+    if _rotary_backend(q, k, cos, sin, convention, backend) == "torch":
         return (interleaved_rotary_reference(q, cos, sin, convention),
                 interleaved_rotary_reference(k, cos, sin, convention))
     q, k, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, cos, sin))
@@ -143,6 +161,13 @@ def interleaved_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin:
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         q_out.stride(0), q_out.stride(1), q_out.stride(2),
         batch_stride(cos), cos.stride(1), batch_stride(sin), sin.stride(1),
-        COMPUTE=_TL_DTYPES[compute], WAN=convention == "wan", BLOCK_T=BLOCK_TOKENS, BLOCK_P=BLOCK_PAIRS, enable_fp_fusion=False,
+        COMPUTE=_TL_DTYPES[_compute_dtype(q, cos, convention)], WAN=convention == "wan", BLOCK_T=BLOCK_TOKENS,
+        BLOCK_P=BLOCK_PAIRS, enable_fp_fusion=False,
     )
     return q_out, k_out
+
+
+@_interleaved_rotary_op.register_fake
+def _(q, k, cos, sin, convention, backend):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format))
