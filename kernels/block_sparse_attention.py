@@ -21,7 +21,15 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .reorder import TokenOrder, _head_mask, native_rows, reorder_flagged_heads, reorder_tokens_reference
+from .reorder import (
+    TokenOrder,
+    _head_mask,
+    native_rows,
+    order_args,
+    order_from_args,
+    reorder_flagged_heads,
+    reorder_tokens_reference,
+)
 from .utils import cdiv, check_backend, next_power_of_2, use_triton
 
 LOG2E = 1.4426950408889634
@@ -42,6 +50,17 @@ class KernelConfig:
     # at its phase among them, so that the programs running together walk the key range in step
     # and share key tiles in L2 (random lists at S >= 75k: up to +16%); 0 or 1: from the start
     resident_programs: int = 0
+
+    def as_args(self) -> list[int]:
+        """The fields, in order, as the op's `config` argument (bools as 0/1)."""
+        return [self.block_m, self.block_n, self.num_warps, self.num_stages, int(self.tma),
+                int(self.tail_branch), self.resident_programs]
+
+    @classmethod
+    def from_args(cls, args: list[int]) -> "KernelConfig":
+        """The inverse of `as_args`."""
+        block_m, block_n, num_warps, num_stages, tma, tail_branch, resident_programs = args
+        return cls(block_m, block_n, num_warps, num_stages, bool(tma), bool(tail_branch), resident_programs)
 
 
 def default_config(block_size: int, tma: bool = True, device: torch.device | str | None = None) -> KernelConfig:
@@ -301,8 +320,18 @@ class _Tables:
         return self.cnt if self.tmpl is None else self.tmpl
 
 
+def _fits(shape, target) -> bool:
+    """Whether a tensor of `shape` broadcasts to `target` (as `expand` would)."""
+    return len(shape) <= len(target) and all(n in (1, t) for n, t in zip(reversed(shape), reversed(target)))
+
+
+def _pattern_tensor(head_pattern, device) -> torch.Tensor | None:
+    """head_pattern (None, an int, a list or a tensor) as a tensor on `device`."""
+    return None if head_pattern is None else torch.as_tensor(head_pattern, device=device)
+
+
 def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None):
-    """Validate shapes and dtypes; return the index tables as the kernels address them."""
+    """Validate shapes and dtypes (host side, no data read); `head_pattern` as `_pattern_tensor`."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k, v must all be (B, H, S, D) with the same shape (self-attention), got "
@@ -329,28 +358,33 @@ def _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern=None)
             f"kv_indices must be {lead}{nb}, max_kv_blocks) and kv_counts {lead}{nb}); "
             f"got {tuple(kv_indices.shape)} and {tuple(kv_counts.shape)}"
         )
-    try:
-        if head_pattern is None:
-            idx = kv_indices.expand(B, H, nb, kv_indices.shape[-1])[:, :, None]
-            cnt = kv_counts.expand(B, H, nb)[:, :, None]
-            tmpl = None
-        else:
-            T = kv_indices.shape[0]
-            idx = kv_indices.expand(T, nb, kv_indices.shape[-1])[None, None].expand(B, H, -1, -1, -1)
-            cnt = kv_counts.expand(T, nb)[None, None].expand(B, H, -1, -1)
-            tmpl = torch.as_tensor(head_pattern, device=q.device)
-            tmpl = torch.broadcast_to(tmpl if tmpl.dim() != 1 else tmpl[None], (B, H))
-    except RuntimeError as e:
+    M = kv_indices.shape[-1]
+    if head_pattern is None:
+        fits = _fits(kv_indices.shape, (B, H, nb, M)) and _fits(kv_counts.shape, (B, H, nb))
+    else:
+        T = kv_indices.shape[0]
+        fits = _fits(kv_indices.shape, (T, nb, M)) and _fits(kv_counts.shape, (T, nb)) and _fits(head_pattern.shape, (B, H))
+    if not fits:
         raise ValueError(
             f"index tables of shapes {tuple(kv_indices.shape)} / {tuple(kv_counts.shape)} (head_pattern "
-            f"{None if head_pattern is None else tuple(torch.as_tensor(head_pattern).shape)}) do not fit "
+            f"{None if head_pattern is None else tuple(head_pattern.shape)}) do not fit "
             f"(B, H, S/block_size) = ({B}, {H}, {nb}) for S={S}, block_size={block_size}"
-        ) from e
-    if tmpl is not None and tmpl.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"head_pattern must hold integer template indices, got {tmpl.dtype}")
-    if idx.device != q.device or cnt.device != q.device:
+        )
+    if head_pattern is not None and head_pattern.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"head_pattern must hold integer template indices, got {head_pattern.dtype}")
+    if kv_indices.device != q.device or kv_counts.device != q.device:
         raise ValueError(f"kv_indices and kv_counts must be on q's device {q.device}")
-    return _Tables(idx, cnt, tmpl)
+
+
+def _tables(q, kv_indices, kv_counts, head_pattern, block_size) -> _Tables:
+    """The index tables of checked inputs as the kernels address them (views, no copies)."""
+    B, H, S, _ = q.shape
+    nb = cdiv(S, block_size)
+    M = kv_indices.shape[-1]
+    if head_pattern is None:
+        return _Tables(kv_indices.expand(B, H, nb, M).unsqueeze(2), kv_counts.expand(B, H, nb).unsqueeze(2), None)
+    T = kv_indices.shape[0]
+    return _Tables(kv_indices.expand(B, H, T, nb, M), kv_counts.expand(B, H, T, nb), head_pattern.expand(B, H))
 
 
 def _block_mask(idx: torch.Tensor, cnt: torch.Tensor, nb: int) -> torch.Tensor:
@@ -387,13 +421,24 @@ def block_sparse_attention_reference(
     Computes in float32, a chunk of query blocks at a time, so no (B, H, S, S) tensor exists.
     """
     check_backend(backend)
-    tables = _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
+    head_pattern = _pattern_tensor(head_pattern, q.device)
+    _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
+    B, H, S, _ = q.shape
+    heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
+    out, lse = _attend_reference(q, k, v, _tables(q, kv_indices, kv_counts, head_pattern, block_size),
+                                 block_size, scale, order, heads)
+    return (out, lse) if return_lse else out
+
+
+def _attend_reference(q, k, v, tables: _Tables, block_size, scale, order, heads):
+    """Output (laid out by `_output_like`) and lse of the reference, for checked inputs; raises
+    on out-of-range templates or block indices (it reads the tables anyway)."""
     num_templates = tables.idx.shape[2]
     if tables.tmpl is not None and (bool((tables.tmpl < 0).any()) or bool((tables.tmpl >= num_templates).any())):
         raise ValueError(f"head_pattern must lie in [0, {num_templates}) (one of the {num_templates} templates)")
     idx, cnt = tables.dense()
+    result = _output_like(q)
     B, H, S, D = q.shape
-    heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     if heads is not None:
         q, k, v = (reorder_tokens_reference(t, order, heads) for t in (q, k, v))
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -413,11 +458,10 @@ def block_sparse_attention_reference(
         safe = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
         out[:, :, r0:r1] = torch.exp(scores - safe[..., None]) @ vf
         lse[:, :, r0:r1] = chunk_lse
-    out = out.to(q.dtype)
     if heads is not None:
         out = reorder_tokens_reference(out, order, heads, inverse=True)
         lse = reorder_tokens_reference(lse[..., None], order, heads, inverse=True)[..., 0]
-    return (out, lse) if return_lse else out
+    return result.copy_(out), lse
 
 
 def _output_like(q: torch.Tensor) -> torch.Tensor:
@@ -438,8 +482,9 @@ def block_sparse_attention(
 
     kv_indices: int32 (B, H, ceil(S / block_size), max_kv_blocks) and kv_counts: int32
     (B, H, ceil(S / block_size)); size-1 or expanded B/H dims are fine. A query block with
-    count 0 gives zeros (lse = -inf). Returns the output in q's dtype and, with
-    `return_lse=True`, the natural-log log-sum-exp per query row, (B, H, S) float32.
+    count 0 gives zeros (lse = -inf). Returns the output in q's dtype and layout (see
+    `_output_like`) and, with `return_lse=True`, the natural-log log-sum-exp per query row,
+    (B, H, S) float32.
 
     order / reordered_heads: attend the chosen heads (default: all) in position-major order of
     `order`, a `TokenOrder`; their block lists refer to that order; output stays native.
@@ -451,24 +496,68 @@ def block_sparse_attention(
     backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (the reference), or
     "auto" (Triton on CUDA, the reference on CPU). Block indices are not range-checked on the
     Triton path (that would synchronise with the host); out-of-range ones are clamped.
+
+    Checks its arguments on the host, then calls the op `dit_sparse::block_sparse_attention`
+    (one op for eager and compiled callers; torch.compile does not trace into it).
     """
     check_backend(backend)
+    head_pattern = _pattern_tensor(head_pattern, q.device)
+    _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
+    B, H, S, _ = q.shape
+    heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
+    backend = "triton" if use_triton(backend, q) else "torch"
+    if backend == "triton" and config is not None and (block_size % config.block_m or block_size % config.block_n):
+        raise ValueError(f"tile {config.block_m}x{config.block_n} does not divide block_size {block_size}")
+    out, lse = _block_sparse_attention_op(
+        q, k, v, kv_indices, kv_counts, head_pattern, heads, *order_args(order), block_size, scale, return_lse,
+        backend, None if config is None else config.as_args(),
+    )
+    return (out, lse) if return_lse else out
+
+
+@torch.library.custom_op("dit_sparse::block_sparse_attention", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+def _block_sparse_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, kv_counts: torch.Tensor,
+    head_pattern: torch.Tensor | None, reordered_heads: torch.Tensor | None, frames: int, positions: int,
+    text_len: int, text_position: str, block_size: int, scale: float | None, return_lse: bool, backend: str,
+    config: list[int] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`block_sparse_attention` as an operator (opaque to torch.compile, so Inductor never
+    recompiles the Triton sources), for inputs `_check_inputs` accepts: `head_pattern` a
+    tensor, `reordered_heads` the int8 (B, H) mask of `_head_mask` (None: no reordering), the
+    order as `order_args`, the config as `KernelConfig.as_args` (None: `default_config`),
+    backend "triton", "torch" or "auto". Returns (output, lse); lse is empty without
+    `return_lse` (an op's outputs are fixed by its schema)."""
+    tables = _tables(q, kv_indices, kv_counts, head_pattern, block_size)
+    order = order_from_args(frames, positions, text_len, text_position) if reordered_heads is not None else None
     if not use_triton(backend, q):
-        return block_sparse_attention_reference(
-            q, k, v, kv_indices, kv_counts, block_size=block_size, scale=scale, return_lse=return_lse,
-            order=order, reordered_heads=reordered_heads, head_pattern=head_pattern,
-        )
-    tables = _check_inputs(q, k, v, kv_indices, kv_counts, block_size, head_pattern)
+        out, lse = _attend_reference(q, k, v, tables, block_size, scale, order, reordered_heads)
+        return out, lse if return_lse else _no_lse(q)
+    return _attend_triton(q, k, v, tables, block_size, scale, order, reordered_heads, return_lse,
+                          None if config is None else KernelConfig.from_args(config))
+
+
+@_block_sparse_attention_op.register_fake
+def _(q, k, v, kv_indices, kv_counts, head_pattern, reordered_heads, frames, positions, text_len, text_position,
+      block_size, scale, return_lse, backend, config):
+    B, H, S, _ = q.shape
+    return _output_like(q), q.new_empty((B, H, S), dtype=torch.float32) if return_lse else _no_lse(q)
+
+
+def _no_lse(q: torch.Tensor) -> torch.Tensor:
+    """The op's lse output when none was asked for."""
+    return q.new_empty(0, dtype=torch.float32)
+
+
+def _attend_triton(q, k, v, tables: _Tables, block_size, scale, order, heads, return_lse, config):
+    """One launch of the TMA or pointer kernel; (output, lse), lse empty without `return_lse`."""
     table_strides, template_strides = tables.strides()
     B, H, S, D = q.shape
-    heads = _reorder_args(order, reordered_heads, B, H, S, q.device)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     out = _output_like(q)
     tma = _tma_ok(q, k, v, out)
     cfg = config or default_config(block_size, tma, q.device)
-    if block_size % cfg.block_m or block_size % cfg.block_n:
-        raise ValueError(f"tile {cfg.block_m}x{cfg.block_n} does not divide block_size {block_size}")
-    lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out
+    lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device) if return_lse else out  # never written
     block_d = max(16, next_power_of_2(D))
     grid = (cdiv(S, cfg.block_m), B * H)
     common = dict(
@@ -498,13 +587,13 @@ def block_sparse_attention(
             H, S, cdiv(S, block_size), scale * LOG2E,
             o.video_start, o.frames, o.positions, BLOCK_D=block_d, **common,
         )
-        return (out, lse) if return_lse else out
-    _bsa_fwd_kernel[grid](
-        q, k, v, out, lse, tables.idx, tables.cnt, rh, tmpl,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        *table_strides, rh.stride(0), rh.stride(1), *template_strides,
-        H, S, cdiv(S, block_size), scale * LOG2E,
-        o.video_start, o.frames, o.positions,
-        D=D, BLOCK_D=block_d, **common,
-    )
-    return (out, lse) if return_lse else out
+    else:
+        _bsa_fwd_kernel[grid](
+            q, k, v, out, lse, tables.idx, tables.cnt, rh, tmpl,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            *table_strides, rh.stride(0), rh.stride(1), *template_strides,
+            H, S, cdiv(S, block_size), scale * LOG2E,
+            o.video_start, o.frames, o.positions,
+            D=D, BLOCK_D=block_d, **common,
+        )
+    return out, lse if return_lse else _no_lse(q)
