@@ -63,6 +63,7 @@ class PlanCache:
         self.plans: dict[Hashable, HeadPlan] = {}
         self._records: dict[Hashable, ProfileRecord] = {}  # each plan's latest profiling
         self._banks: dict[tuple, PatternBank] = {}
+        self._grids: dict[TokenGrid, TokenGrid] = {}
         self.reset()
 
     def reset(self):
@@ -87,10 +88,16 @@ class PlanCache:
             return step < self.config.dense_steps
         return step < self.config.num_dense_steps(num_steps)
 
+    def canonical(self, grid: TokenGrid) -> TokenGrid:
+        """One object per distinct grid, kept across generations like the banks: compiled code
+        that reads a call's grid and its plan's sees the same object every time (torch.compile
+        guards on whether two of its inputs are the same object)."""
+        return self._grids.setdefault(grid, grid)
+
     def bank(self, grid: TokenGrid, device) -> PatternBank:
         key = (grid, torch.device(device))
         if key not in self._banks:
-            self._banks[key] = make_bank(grid, self.config, device)
+            self._banks[key] = make_bank(self.canonical(grid), self.config, device)
         return self._banks[key]
 
     def prepare(self, key: Hashable, *, layer: int, step: int, num_steps: int | None, grid: TokenGrid,

@@ -86,7 +86,7 @@ class SparseRuntime:
         "cond_uncond"), else the call's ordinal within its step (Wan without contexts calls
         cond, then uncond).
         """
-        self.grid = grid
+        self.grid = None if grid is None else self.cache.canonical(grid)
         position = self.clock.read() if self.clock is not None else None
         step_index = getattr(context, "step_index", None)
         if step_index is None and position is not None:
