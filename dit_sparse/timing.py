@@ -1,4 +1,5 @@
-"""GPU timing for the benchmarks: CUDA events, warm-up, median of repeats."""
+"""Timing for the benchmarks: CUDA events, warm-up, median of repeats on the GPU; wall time
+between synchronisations for whole steps, on the GPU or the CPU."""
 
 from __future__ import annotations
 
@@ -8,6 +9,36 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def sync(device: torch.device):
+    """Wait for the work queued on `device` (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def wall_seconds(fn, device: torch.device) -> float:
+    """Seconds of one `fn()` call from a synchronised start to a synchronised end: the time a
+    whole step takes, host work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def median_wall_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median of `repeats` `wall_seconds(fn, device)`."""
+    return statistics.median(wall_seconds(fn, device) for _ in range(repeats))
+
+
+def op_seconds(fn, device: torch.device, repeats: int = 5) -> float:
+    """Median seconds of `fn()` alone after a warm-up call: CUDA events on the GPU
+    (`cuda_time`), `repeats` wall times on the CPU."""
+    if device.type == "cuda":
+        return cuda_time(fn) / 1000.0
+    fn()
+    return median_wall_seconds(fn, device, repeats)
 
 
 def timed_ms(fn) -> float:

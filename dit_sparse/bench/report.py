@@ -1,0 +1,142 @@
+"""The end-to-end benchmark's results file (records merged across runs) and its Markdown, and
+the multi-GPU benchmark's Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .specs import SPARSE_CONFIGS, SPECS, STEPS
+from .trace import TRACE_CATEGORIES
+
+
+def record_id(r: dict) -> tuple:
+    return r["model"], r["height"], r["width"], r["num_frames"], r["config"]
+
+
+def merge_e2e(path: Path, records: list[dict], errors: list[dict], command: str) -> dict:
+    """Add this run's records to the file's: records of the same model, resolution and config
+    are replaced; errors of the models run now are dropped."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    new_ids = {record_id(r) for r in records}
+    run_keys = {r["key"] for r in records} | {e["key"] for e in errors}
+    data["records"] = [r for r in data.get("records", []) if record_id(r) not in new_ids] + records
+    data["errors"] = [e for e in data.get("errors", []) if e["key"] not in run_keys] + errors
+    data["commands"] = [c for c in data.get("commands", []) if c != command] + [command]
+    order = {k: i for i, k in enumerate(SPECS)}
+    configs = ("dense", *SPARSE_CONFIGS)
+    data["records"].sort(key=lambda r: (order.get(r["key"], len(order)), configs.index(r["config"])))
+    path.write_text(json.dumps(data, indent=1))
+    return data
+
+
+def e2e_markdown(data: dict) -> str:
+    records = data["records"]
+    devices = sorted({r["device"] for r in records})
+    tiny = any(r["tiny"] for r in records)
+    lines = [
+        f"# End-to-end speed per denoising step ({', '.join(devices) or 'no records'})", "",
+        *(["`--tiny`: scaled-down models, resolutions and blocks on the CPU in float32, a check of the code "
+           "path; its times mean nothing.", ""] if tiny else []),
+        "Full-size transformers from the checkpoints' configs (dit_sparse/assets/transformer_configs), random "
+        "weights in bf16, "
+        "called as their pipelines do (Wan: cond + uncond calls; CogVideoX: batch 2; HunyuanVideo, Flux: one call). "
+        "Dense = stock processors under `sdpa_kernel([cuDNN, ...], set_priority=True)` (backend column: what it picks "
+        "for the self-attention). profile = first sparse step (every sparse layer profiles), cached = a step under "
+        "cached plans, warm-up = a dense step through our processors (the stock call, except HunyuanVideo: "
+        "unmasked over the valid tokens, see text_mask_h100.md); 50-step totals composed as "
+        "n_dense x warm-up + n_profile x profile + n_cached x cached. "
+        "Fixed-density mode; svg = Sparse VideoGen's dense fractions and density, profiling every sparse step "
+        "(Flux: Wan's settings); balanced / fast = our presets at svg's density. attn = self-attention share of a "
+        "dense step. Measured = a real 50-step loop (must agree with the composition within 3%). "
+        "vs our dense = the speed-up over 50 warm-up steps, which leaves out what our processors gain on dense "
+        "steps (HunyuanVideo's unmasked valid tokens, Wan's one-pass RoPE).", "",
+        "| model | H x W x F | tokens | config | dense steps / layers / refresh | dense s/step | warm-up s/step | "
+        "profile s/step | cached s/step | attn | density | 50 steps dense s | 50 steps sparse s | speed-up | "
+        "vs our dense | measured 50 steps s | SDPA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        refresh = "-" if r["refresh_every"] is None else r["refresh_every"]
+        measured = f"{r['measured_total_s']:.1f} ({r['measured_vs_composed']:+.1%})" if "measured_total_s" in r else ""
+        vs_ours = f"{r['speedup_vs_warmup']:.2f}x" if "speedup_vs_warmup" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['height']}x{r['width']}x{r['num_frames']} | {r['tokens']} | {r['config']} | "
+            f"{r['dense_steps']} / {r['dense_layers']} / {refresh} | {r['dense_s_per_step']:.3f} | "
+            f"{r.get('warmup_s_per_step', r['dense_s_per_step']):.3f} | {r['profile_s_per_step']:.3f} | {r['sparse_s_per_step']:.3f} | {r['attention_share']:.0%} | "
+            f"{r['mean_density']:.3f} | {r['total_dense_s']:.1f} | {r['total_sparse_s']:.1f} | {r['speedup']:.2f}x | "
+            f"{vs_ours} | {measured} | {r['dense_sdpa_backend']} |"
+        )
+    lines += ["", "## Targets (50 steps with SVG's dense fractions, density <= 0.3, over cuDNN dense: the svg column)", "",
+              "| entry | target | svg | balanced | fast | Sparse VideoGen reported (their H100 run) |",
+              "|---|---|---|---|---|---|"]
+    by_key = {}
+    for r in records:
+        by_key.setdefault(r["key"], {})[r["config"]] = r
+    for key in [k for k in SPECS if k in by_key]:
+        got = by_key[key]
+        target = SPECS[key].target
+        cells = []
+        for name in SPARSE_CONFIGS:
+            r = got.get(name)
+            if r is None:
+                cells.append("")
+                continue
+            mark = "" if target is None or name != "svg" else (" (met)" if r["speedup"] >= target else " (missed)")
+            cells.append(f"{r['speedup']:.2f}x{mark}")
+        goal = "" if target is None else f">= {target}x"
+        lines.append(f"| {key} | {goal} | {' | '.join(cells)} | {SPECS[key].svg_reported} |")
+    merged = sorted({(r["key"], r["distinct_timesteps"]) for r in records if r["distinct_timesteps"] < r["steps"]})
+    if merged:
+        lines += ["", "Timesteps that coincide once the pipeline casts them (the runtime then sees fewer steps on a "
+                      "bare transformer): " + ", ".join(f"{k}: {n} distinct of {STEPS}" for k, n in merged) + "."]
+    traced = [r for r in records if r.get("trace")]
+    if traced:
+        lines += ["", "## Where a cached svg step's time goes (torch.profiler, kernel time per category)", "",
+                  "| model | wall s | GPU busy s | " + " | ".join(c for c, _ in TRACE_CATEGORIES) + " | other |",
+                  "|---|---|---|" + "---|" * (len(TRACE_CATEGORIES) + 1)]
+        for r in traced:
+            t = r["trace"]
+            cells = [f"{t['categories_s'].get(c, 0.0):.3f}" for c, _ in TRACE_CATEGORIES] + [f"{t['categories_s'].get('other', 0.0):.3f}"]
+            lines.append(f"| {r['model']} {r['height']}x{r['width']} | {t['wall_s']:.3f} | {t['gpu_busy_s']:.3f} | {' | '.join(cells)} |")
+    if data.get("errors"):
+        lines += ["", "## Errors", ""] + [f"- {e['key']}: {e['error']}" for e in data["errors"]]
+    lines += ["", "## Commands", ""] + [f"- `{c}`" for c in data["commands"]]
+    return "\n".join(lines) + "\n"
+
+
+def multigpu_markdown(record: dict) -> str:
+    n = record["ranks"]
+    s = record["sparse_settings"]
+    lines = [
+        f"# {record['model']} at {record['height']}x{record['width']}x{record['num_frames']} on {n} GPUs "
+        f"({record['device']}, Ulysses)", "",
+        *(["`--tiny`: a scaled-down model on the CPU with gloo, a check of the code path; its times mean nothing.", ""]
+          if record["tiny"] else []),
+        f"{record['tokens']} latent tokens, {record['heads']} heads, {record['num_layers']} layers, {record['dtype']}, "
+        f"random weights; cond + uncond calls per step. Sparse settings `{record['config']}`: {s['dense_steps']} dense "
+        f"steps of {record['steps']}, {s['dense_layers']} dense layer(s), density {s['density']}, refresh every "
+        f"{s['refresh_every']}. Times per step: median of {record['repeats']}, slowest rank; {record['steps']}-step "
+        "totals composed from warm-up, profiling and cached steps (scripts/bench_multigpu.py).", "",
+        "| run | dense s/step | warm-up s/step | profile s/step | cached s/step | density | 50 steps s | "
+        "speed-up over 1 GPU dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in record["runs"].items():
+        sparse = "profile_s_per_step" in r
+        cells = [f"{r['dense_s_per_step']:.3f}", f"{r['warmup_s_per_step']:.3f}" if sparse else "-",
+                 f"{r['profile_s_per_step']:.3f}" if sparse else "-",
+                 f"{r['cached_s_per_step']:.3f}" if sparse else "-", f"{r['mean_density']:.3f}" if sparse else "1.000"]
+        lines.append(f"| {name} | {' | '.join(cells)} | {r['total_s']:.1f} | {r['speedup_vs_1gpu_dense']:.2f}x |")
+    lines += ["", f"## {n} GPUs against one: the first call's output (equal: relative L2 error <= 2^-7)", "",
+              "Step 1: the sparse runs profile every sparse layer; step 2: they attend under those plans.", "",
+              "| comparison | step | relative L2 | max abs error | max abs value | equal |",
+              "|---|---|---|---|---|---|"]
+    for comparison, by_step in record["equality"].items():
+        for step_name, c in by_step.items():
+            lines.append(f"| {comparison} | {step_name} | {c['rel_l2']:.2e} | {c['max_abs']:.3g} | "
+                         f"{c['expected_max_abs']:.3g} | {'yes' if c['equal'] else 'NO'} |")
+    lines += ["", f"Plans: {record['plan_agreement']:.1%} of (layer, branch, head) pick the one-GPU pattern of their "
+                  "global head.", "", f"Command: `{record['command']}`; torch {record['versions']['torch']}, diffusers "
+                  f"{record['versions']['diffusers']}."]
+    return "\n".join(lines) + "\n"
