@@ -20,12 +20,8 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dit_sparse.timing import cuda_time, write_gpu_results
-
-PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+from dit_sparse.bench.text_mask import run
 
 
 def main():
@@ -38,36 +34,8 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_text_mask needs a CUDA GPU")
-    S, valid, H, D = args.video + args.text, args.video + args.valid_text, args.heads, 128
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=gen).transpose(1, 2) for _ in range(3))
-    mask = (torch.arange(S, device="cuda") < valid)[None, None, None]
-    variants = {
-        "masked": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-        "valid view": lambda: F.scaled_dot_product_attention(q[:, :, :valid], k[:, :, :valid], v[:, :, :valid]),
-        "valid contiguous": lambda: F.scaled_dot_product_attention(
-            *(t[:, :, :valid].contiguous() for t in (q, k, v))),
-    }
-    records = []
-    with sdpa_kernel(PRIORITY, set_priority=True):
-        outs = {name: fn()[:, :, :valid] for name, fn in variants.items()}
-        for name, fn in variants.items():
-            ms = cuda_time(fn, reps=3)
-            err = float((outs[name].float() - outs["masked"].float()).abs().max())
-            records.append(dict(variant=name, ms=ms, max_abs_diff_vs_masked=err))
-            print(f"{name}: {ms:.1f} ms, max |diff| vs masked {err:.2e}", flush=True)
-    base = records[0]["ms"]
-    for r in records:
-        r["vs_masked"] = base / r["ms"]
     command = "python scripts/bench_text_mask.py " + " ".join(sys.argv[1:])
-    device = torch.cuda.get_device_name()
-    meta = dict(device=device, command=command, shape=[1, H, S, D], valid_tokens=valid, records=records)
-    lines = [f"# cuDNN attention with and without the padded-text key mask ({device})", "",
-             f"Command: `{command}`. One call, (1, {H}, {S}, {D}) bf16, {valid} valid tokens.", "",
-             "| variant | ms | speed-up over masked | max abs diff vs masked (valid rows) |", "|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['ms']:.1f} | {r['vs_masked']:.2f}x | {r['max_abs_diff_vs_masked']:.1e} |" for r in records]
-    write_gpu_results(args.out, "text_mask", device, meta, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(run(args.video, args.text, args.valid_text, args.heads, args.out, command), end="")
 
 
 if __name__ == "__main__":
