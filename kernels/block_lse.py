@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .block_sparse_attention import LOG2E
 from .reorder import TokenOrder, native_rows, order_args, order_from_args
-from .utils import cdiv, check_backend, next_power_of_2, use_triton
+from .utils import OP_TAGS, cdiv, check_backend, next_power_of_2, use_triton
 
 
 def _check(q_rows, k, block_size, order):
@@ -145,7 +145,7 @@ def sampled_block_lse(q_rows, k, *, block_size=128, scale=None, order: TokenOrde
                                  None if config is None else config.as_args())
 
 
-@torch.library.custom_op("dit_sparse::sampled_block_lse", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+@torch.library.custom_op("dit_sparse::sampled_block_lse", mutates_args=(), tags=OP_TAGS)
 def _sampled_block_lse_op(q_rows: torch.Tensor, k: torch.Tensor, block_size: int, scale: float | None,
                           frames: int, positions: int, text_len: int, text_position: str, backend: str,
                           config: list[int] | None) -> torch.Tensor:

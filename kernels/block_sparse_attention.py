@@ -30,7 +30,7 @@ from .reorder import (
     reorder_flagged_heads,
     reorder_tokens_reference,
 )
-from .utils import cdiv, check_backend, next_power_of_2, use_triton
+from .utils import OP_TAGS, cdiv, check_backend, next_power_of_2, use_triton
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -515,7 +515,7 @@ def block_sparse_attention(
     return (out, lse) if return_lse else out
 
 
-@torch.library.custom_op("dit_sparse::block_sparse_attention", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+@torch.library.custom_op("dit_sparse::block_sparse_attention", mutates_args=(), tags=OP_TAGS)
 def _block_sparse_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, kv_counts: torch.Tensor,
     head_pattern: torch.Tensor | None, reordered_heads: torch.Tensor | None, frames: int, positions: int,

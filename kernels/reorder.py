@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import cdiv, check_backend, next_power_of_2, use_triton
+from .utils import OP_TAGS, cdiv, check_backend, next_power_of_2, use_triton
 
 TEXT_POSITIONS = ("none", "prefix", "suffix")
 BLOCK_ROWS, NUM_WARPS = 32, 8
@@ -178,7 +178,7 @@ def reorder_tokens(x, order: TokenOrder, heads=None, *, inverse=False, backend="
     return _reorder_tokens_op(x, *order_args(order), mask, inverse, backend)
 
 
-@torch.library.custom_op("dit_sparse::reorder_tokens", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+@torch.library.custom_op("dit_sparse::reorder_tokens", mutates_args=(), tags=OP_TAGS)
 def _reorder_tokens_op(x: torch.Tensor, frames: int, positions: int, text_len: int, text_position: str,
                        heads: torch.Tensor, inverse: bool, backend: str) -> torch.Tensor:
     """`reorder_tokens` as an operator (opaque to torch.compile): the order as `order_args`,

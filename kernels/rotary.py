@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import cdiv, check_backend, use_triton
+from .utils import OP_TAGS, cdiv, check_backend, use_triton
 
 BLOCK_TOKENS = 8
 BLOCK_PAIRS = 128
@@ -144,7 +144,7 @@ def interleaved_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin:
     return _interleaved_rotary_op(q, k, cos, sin, convention, _rotary_backend(q, k, cos, sin, convention, backend))
 
 
-@torch.library.custom_op("dit_sparse::interleaved_rotary", mutates_args=(), tags=torch.Tag.needs_exact_strides)
+@torch.library.custom_op("dit_sparse::interleaved_rotary", mutates_args=(), tags=OP_TAGS)
 def _interleaved_rotary_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                            convention: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`interleaved_rotary` as an operator (opaque to torch.compile); backend as there."""

@@ -6,6 +6,11 @@ import torch
 
 BACKENDS = ("auto", "triton", "torch")
 
+OP_TAGS = (torch.Tag.needs_exact_strides,) if hasattr(torch.Tag, "needs_exact_strides") else ()
+"""Tags of the dit_sparse ops: Inductor hands them their inputs with the strides they were traced
+with (broadcast index tables stay stride-0 views; q's layout decides the output's). Older torch
+lacks the tag and applies its default constraint."""
+
 
 def check_backend(backend: str):
     if backend not in BACKENDS:
