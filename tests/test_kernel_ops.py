@@ -48,8 +48,8 @@ def heads_first(gen, *, transposed: bool, d: int = D) -> torch.Tensor:
 
 
 def templates(gen):
-    """T templates of up to 2 key blocks per query block, and a (B, H) pattern picking them."""
-    idx = torch.randint(0, NB, (T, NB, 2), generator=gen, dtype=torch.int32)
+    """T templates of up to 2 distinct key blocks per query block, and a (B, H) pattern picking them."""
+    idx = torch.rand(T, NB, NB, generator=gen).argsort(-1)[..., :2].int()
     cnt = torch.randint(0, 3, (T, NB), generator=gen, dtype=torch.int32)
     return idx, cnt, torch.randint(0, T, (B, H), generator=gen, dtype=torch.int32)
 
@@ -120,11 +120,13 @@ def test_attention_output_keeps_q_layout_on_both_backends(transposed):
     gen = torch.Generator().manual_seed(2)
     q, k, v = (heads_first(gen, transposed=transposed) for _ in range(3))
     idx, cnt, pattern = templates(gen)
-    outs = [block_sparse_attention(q, k, v, idx, cnt, head_pattern=pattern, block_size=BS, backend=backend,
-                                   order=ORDER, config=CONFIG) for backend in ("torch", "triton")]
-    for out in outs:
-        assert out.stride() == (torch.empty(B, S, H, D).transpose(1, 2) if transposed else q).stride()
-    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
+    (ref, ref_lse), (out, lse) = (
+        block_sparse_attention(q, k, v, idx, cnt, head_pattern=pattern, block_size=BS, backend=backend, order=ORDER,
+                               return_lse=True, config=CONFIG) for backend in ("torch", "triton"))
+    layout = torch.empty(B, S, H, D).transpose(1, 2) if transposed else torch.empty(B, H, S, D)
+    assert out.stride() == ref.stride() == layout.stride()
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-5)
 
 
 class _OpLog(TorchDispatchMode):
