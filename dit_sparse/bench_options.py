@@ -1,11 +1,11 @@
-"""The options of `dit-sparse bench` (dit_sparse/kernel_benchmark.py), kept free of heavy imports
+"""The options of `dit-sparse bench` (dit_sparse/bench/kernels.py), kept free of heavy imports
 so that building the CLI's parser imports neither torch nor the kernels."""
 
 from __future__ import annotations
 
 import argparse
 
-SHAPE_NAMES = ("wan480", "wan720", "hunyuan720", "cogvideox")  # the keys of kernel_benchmark.SHAPES
+SHAPE_NAMES = ("wan480", "wan720", "hunyuan720", "cogvideox")  # the keys of bench.kernels.SHAPES
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:

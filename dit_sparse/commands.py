@@ -124,7 +124,7 @@ def compare_command(args, command_line: str) -> int:
 
 
 def bench(args, command_line: str) -> int:
-    from . import kernel_benchmark
+    from .bench import kernels as kernel_benchmark
 
     try:  # the benchmark records the command line as `command`; args.command stays the subcommand's name
         kernel_benchmark.run(argparse.Namespace(**dict(vars(args), command=command_line)))

@@ -20,7 +20,7 @@ from dit_sparse.bench.specs import SPECS, load_config, sparse_configs
 from dit_sparse.bench.trace import kernel_category
 from dit_sparse.families import find_family
 from dit_sparse.geometry import TokenGrid
-from dit_sparse.timing import gpu_tag, write_gpu_results
+from dit_sparse.bench.timing import gpu_tag, write_gpu_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

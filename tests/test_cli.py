@@ -165,7 +165,7 @@ def test_zero_steps_refused_for_the_demo_model_too(tmp_path, capsys):
 
 
 def test_bench_error_names_the_program_once(capsys, monkeypatch):
-    from dit_sparse import kernel_benchmark
+    from dit_sparse.bench import kernels as kernel_benchmark
 
     seen = {}
 

@@ -57,7 +57,8 @@ def test_every_drop_in_pipeline_resolves():
 
 
 def test_parser_copies_match_their_sources():
-    from dit_sparse import bench_options, kernel_benchmark
+    from dit_sparse import bench_options
+    from dit_sparse.bench import kernels as kernel_benchmark
     from dit_sparse.compare import PRESET_NAMES
 
     assert cli.PRESET_CHOICES == PRESET_NAMES

@@ -19,12 +19,12 @@ import torch
 import dit_sparse
 from dit_sparse import SparseAttentionConfig
 from dit_sparse.geometry import TokenGrid
-from dit_sparse.timing import gpu_tag, median_wall_seconds, op_seconds, wall_seconds
 
 from .models import ModelUnderTest, Workload, prepare_model
 from .report import e2e_markdown, merge_e2e
 from .sdpa import first_backend, recording_sdpa, sdpa_priority
 from .specs import SPECS, STEPS, sparse_configs
+from .timing import gpu_tag, median_wall_seconds, op_seconds, wall_seconds
 from .trace import trace_step
 
 FULL_LOOP_CONFIGS = ("dense", "svg", "balanced")

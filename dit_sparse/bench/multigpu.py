@@ -14,13 +14,13 @@ import torch.distributed as dist
 from diffusers import ContextParallelConfig
 
 import dit_sparse
-from dit_sparse.timing import median_wall_seconds
 
 from .e2e import ProgressLog, StepCalls, compose, eager_calls, measure_sparse, measure_warmup, measurement_config
 from .models import ModelUnderTest, prepare_model
 from .report import multigpu_markdown
 from .sdpa import sdpa_priority
 from .specs import SPECS, STEPS, sparse_configs
+from .timing import median_wall_seconds
 
 SPEC = SPECS["wan1.3b-720"]
 BF16_REL_L2 = 2.0 ** -7

@@ -14,7 +14,8 @@ from dit_sparse.kernels import block_sparse_attention, block_sparse_attention_re
 from dit_sparse.kernels.block_lse import LseConfig, sampled_block_lse, sampled_block_lse_reference
 from dit_sparse.kernels.reorder import reorder_flagged_heads
 from dit_sparse.profiling import HeadPlan, make_bank
-from dit_sparse.timing import cuda_time, timed_ms, write_gpu_results
+
+from .timing import cuda_time, timed_ms, write_gpu_results
 
 SHAPES = {
     "wan480": (1, 12, TokenGrid(21, 30, 52)),  # Wan2.1-1.3B 480x832x81: (1, 12, 32760, 128)

@@ -7,7 +7,8 @@ import torch
 
 from dit_sparse import TokenGrid
 from dit_sparse.kernels.reorder import reorder_flagged_heads, reorder_tokens_reference
-from dit_sparse.timing import cuda_time, write_gpu_results
+
+from .timing import cuda_time, write_gpu_results
 
 GRID = TokenGrid(21, 30, 52)  # Wan2.1-1.3B 480x832x81
 HEADS, HEAD_DIM = 12, 128

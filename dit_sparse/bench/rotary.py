@@ -11,7 +11,8 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from dit_sparse.kernels import interleaved_rotary, interleaved_rotary_reference
-from dit_sparse.timing import cuda_time, write_gpu_results
+
+from .timing import cuda_time, write_gpu_results
 
 
 def wan_tables(frames, height, width):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dit_sparse.timing import cuda_time, write_gpu_results
-
 from .sdpa import sdpa_priority
+from .timing import cuda_time, write_gpu_results
 
 
 def measure(video: int, text: int, valid_text: int, heads: int, command: str) -> dict:

@@ -6,7 +6,8 @@ from collections import Counter
 
 import torch
 
-from dit_sparse.timing import sync, wall_seconds
+from .timing import sync, wall_seconds
+
 
 TRACE_CATEGORIES = (  # (category, substrings of kernel names), first match wins
     ("sparse attention (ours)", ("_bsa_fwd",)),

@@ -38,7 +38,8 @@ from dit_sparse.kernels import (
     reorder_tokens,
 )
 from dit_sparse.patterns import block_tables as tables
-from dit_sparse.timing import gpu_tag, host_time_us, stream_time
+
+from .timing import gpu_tag, host_time_us, stream_time
 
 BLOCK = 128
 # name: (B, H, S, D, TokenOrder) -- the video geometry the spatial/temporal bands follow
@@ -314,7 +315,7 @@ def markdown(records, command, device):
         "(same block mask, block 128, torch.compile'd). temporal: a position-major band; our time "
         "includes the reordering pass over q, k and v (the output is written through the index map "
         "by the kernel); Flex gets pre-reordered tensors and its reordering is not timed. bf16.",
-        "Times are GPU milliseconds per call with calls queued back to back (`dit_sparse.timing.stream_time`), "
+        "Times are GPU milliseconds per call with calls queued back to back (`dit_sparse.bench.timing.stream_time`), "
         "as in a model's forward, for all three kernels alike. host us: the CPU time to issue one of our calls "
         "(argument checks and launches), which overlaps the GPU's work unless the GPU runs out of queued work."],
         ["shape", "pattern", "density", "ours ms", "cuDNN dense ms", "flex ms", "efficiency", "vs_flex", "host us",
