@@ -12,7 +12,7 @@ from .timing import cuda_time, write_gpu_results
 
 GRID = TokenGrid(21, 30, 52)  # Wan2.1-1.3B 480x832x81
 HEADS, HEAD_DIM = 12, 128
-VARIANTS = [(block_s, warps) for block_s in (32, 64, 128, 256) for warps in (2, 4, 8)]
+VARIANTS = tuple((block_s, warps) for block_s in (32, 64, 128, 256) for warps in (2, 4, 8))
 
 
 def measure() -> tuple[list[dict], int]:

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+SDPA_ORDER = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 
 def sdpa_priority():
     """cuDNN attention wherever it takes the call, else the next backend of SDPA_ORDER."""
-    return sdpa_kernel(SDPA_ORDER, set_priority=True)
+    return sdpa_kernel(list(SDPA_ORDER), set_priority=True)
 
 
 @dataclass
