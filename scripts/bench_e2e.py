@@ -71,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--full-loop", action="store_true", help="also run the 50 steps of Wan2.1-1.3B 480p")
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on the CPU: a test of the code path")
     ap.add_argument("--trace", action="store_true", help="torch.profiler trace of one cached svg step (GPU)")
+    ap.add_argument("--compiled", action="store_true", help="also measure every model with its blocks compiled "
+                    "(compile_repeated_blocks(fullgraph=True)), against compiled stock dense")
     args = ap.parse_args(argv)
     command = "python scripts/bench_e2e.py " + " ".join(sys.argv[1:] if argv is None else argv)
     names = args.models.split(",")
@@ -82,7 +84,7 @@ def main(argv=None):
     from dit_sparse.bench.report import e2e_markdown
 
     options = RunOptions(repeats=args.repeats, full_loop=args.full_loop, tiny=args.tiny, trace=args.trace,
-                         command=command)
+                         command=command, baselines=("eager", "compiled") if args.compiled else ("eager",))
     data = run_models(names, args.out, options)
     print(e2e_markdown(data), flush=True)
 

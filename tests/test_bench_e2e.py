@@ -13,7 +13,9 @@ import torch
 
 from dit_sparse import SparseAttentionConfig
 from dit_sparse.bench import models
-from dit_sparse.bench.e2e import ProgressLog, RunOptions, compose, eager_calls, profile_steps, run_model, run_models
+from dit_sparse.bench.e2e import (
+    BASELINES, ProgressLog, RunOptions, compose, eager_calls, profile_steps, run_model, run_models,
+)
 from dit_sparse.bench.models import latent_shape, latent_tokens, prepare_model
 from dit_sparse.bench.report import record_id
 from dit_sparse.bench.specs import SPECS, load_config, sparse_configs
@@ -92,8 +94,9 @@ def test_grid_comes_from_the_family_registry(key, monkeypatch):
     assert bench.num_tokens == bench.grid.num_video_tokens and len(bench.timesteps) == 50
 
 
-def test_the_step_calls_are_a_seam():
-    """run_model times whatever `make_calls` returns: here the eager calls, counted."""
+def test_the_step_calls_are_a_seam(monkeypatch):
+    """run_model times whatever its baseline's entry of BASELINES returns: here the eager calls,
+    counted; every record names the baseline."""
     counts = {"step": 0, "first_call": 0}
 
     def counting_calls(model, workload):
@@ -109,9 +112,11 @@ def test_the_step_calls_are_a_seam():
 
         return dataclasses.replace(calls, step=step, first_call=first_call)
 
+    monkeypatch.setitem(BASELINES, "counting", counting_calls)
     options = RunOptions(repeats=1, tiny=True, command="test")
-    records = run_model(SPECS["flux-1024"], options, CPU, torch.float32, ProgressLog(), make_calls=counting_calls)
+    records, _ = run_model(SPECS["flux-1024"], options, CPU, torch.float32, ProgressLog(), "counting")
     assert [r["config"] for r in records] == ["dense", "svg", "balanced", "fast"]
+    assert {r["baseline"] for r in records} == {"counting"}
     assert counts["step"] > 0 and counts["first_call"] > 0
 
 

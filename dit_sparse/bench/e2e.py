@@ -40,6 +40,7 @@ class RunOptions:
     tiny: bool = False  # scaled-down models on the CPU: a test of the code path
     trace: bool = False  # torch.profiler trace of one cached svg step (GPU)
     command: str = ""  # the command line, recorded with the results
+    baselines: tuple[str, ...] = ("eager",)  # how the transformer runs, dense and sparse alike: BASELINES
 
 
 class ProgressLog:
@@ -80,6 +81,19 @@ def eager_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
         return model(**workload.calls[0], timestep=t, return_dict=False)[0]
 
     return StepCalls(model, step, first_call)
+
+
+def compiled_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
+    """The transformer with its blocks compiled as diffusers documents
+    (`compile_repeated_blocks(fullgraph=True)`, Inductor); dit_sparse applied later swaps the
+    processors inside them, and the blocks recompile for each mode (dense, profile, cached)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    model.compile_repeated_blocks(fullgraph=True)
+    return eager_calls(model, workload)
+
+
+BASELINES = {"eager": eager_calls, "compiled": compiled_calls}
+"""How the benchmark runs the transformer; every record says which (its `baseline`)."""
 
 
 def run_loop(calls: StepCalls, timesteps) -> None:
@@ -162,10 +176,18 @@ class SparseRuns:
         return self.steps[dataclasses.astuple(measurement_config(config))]
 
 
-def measure_dense(bench: ModelUnderTest, calls: StepCalls, repeats: int, device, progress) -> DenseStep:
+def measure_dense(bench: ModelUnderTest, calls: StepCalls, repeats: int, device, progress,
+                  eager: DenseStep | None = None) -> DenseStep:
     """The stock step's time (median of `repeats`), and its self-attention calls, which must all
-    go through scaled_dot_product_attention (so that the SDPA backend context governs them)."""
+    go through scaled_dot_product_attention (so that the SDPA backend context governs them).
+    With `eager` (the same model's eager measurement) the calls are not recorded again: a
+    compiled run takes the attention share from it."""
     t0, _ = bench.two_timesteps()
+    if eager is not None:
+        finite = bool(torch.isfinite(calls.first_call(t0)).all())  # compiles
+        seconds = median_wall_seconds(lambda: calls.step(t0), device, repeats)
+        progress(f"dense step {seconds:.3f} s (compiled, median of {repeats})")
+        return dataclasses.replace(eager, seconds=seconds, finite=finite)
     with recording_sdpa() as seen:
         finite = bool(torch.isfinite(calls.first_call(t0)).all())
     seconds = median_wall_seconds(lambda: calls.step(t0), device, repeats)
@@ -301,16 +323,16 @@ def add_loop_results(records: list[dict], loops: dict[str, float], loop_profiles
 # ---- one model, every model ------------------------------------------------------------------
 
 def run_model(spec, options: RunOptions, device: torch.device, dtype: torch.dtype, log: ProgressLog,
-              make_calls: Callable[[torch.nn.Module, Workload], StepCalls] = eager_calls) -> list[dict]:
-    """Build one entry's transformer, measure it dense and under every sparse config, and
-    return its records."""
-    progress = log.for_model(spec.key)
+              baseline: str = "eager", eager_dense: DenseStep | None = None) -> tuple[list[dict], DenseStep]:
+    """Build one entry's transformer, run it as `baseline` says, measure it dense and under every
+    sparse config, and return its records and the dense measurement."""
+    progress = log.for_model(f"{spec.key} {baseline}")
     bench = prepare_model(spec, options.tiny, device, dtype, progress)
-    calls = make_calls(bench.model, bench.workload)
+    calls = BASELINES[baseline](bench.model, bench.workload)
     repeats = spec.repeats(options.repeats)
     configs = sparse_configs(spec, bench.num_layers, options.tiny)
     with torch.no_grad(), sdpa_priority():
-        dense = measure_dense(bench, calls, repeats, device, progress)
+        dense = measure_dense(bench, calls, repeats, device, progress, eager_dense)
         dense_loop = {}
         if options.full_loop and spec.full_loop:
             dense_loop["dense"] = wall_seconds(lambda: run_loop(calls, bench.timesteps), device)
@@ -331,7 +353,9 @@ def run_model(spec, options: RunOptions, device: torch.device, dtype: torch.dtyp
             r["peak_gpu_gib"] = peak
     if sparse.trace is not None:
         next(r for r in records if r["config"] == "svg")["trace"] = sparse.trace
-    return records
+    for r in records:
+        r["baseline"] = baseline
+    return records, dense
 
 
 def bench_device(tiny: bool) -> tuple[torch.device, torch.dtype]:
@@ -357,19 +381,22 @@ def run_models(keys: list[str], out, options: RunOptions) -> dict:
     log = ProgressLog()
     try:
         for key in keys:
-            records, errors = [], []
-            try:
-                records = run_model(SPECS[key], options, device, dtype, log)
-            except Exception as e:  # one model failing must not lose the others
-                traceback.print_exc()
-                errors.append(dict(key=key, error=f"{type(e).__name__}: {e}"))
-                log(f"{key}: {type(e).__name__}: {e}")
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            data = merge_e2e(out / f"{stem}.json", records, errors, options.command)
-            (out / f"{stem}.md").write_text(e2e_markdown(data))
+            eager = None
+            for baseline in options.baselines:
+                records, errors = [], []
+                try:
+                    records, dense = run_model(SPECS[key], options, device, dtype, log, baseline, eager)
+                    eager = dense if baseline == "eager" else eager
+                except Exception as e:  # one model failing must not lose the others
+                    traceback.print_exc()
+                    errors.append(dict(key=key, baseline=baseline, error=f"{type(e).__name__}: {e}"))
+                    log(f"{key} {baseline}: {type(e).__name__}: {e}")
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                data = merge_e2e(out / f"{stem}.json", records, errors, options.command)
+                (out / f"{stem}.md").write_text(e2e_markdown(data))
     finally:
         torch.set_num_threads(threads)
     return data
