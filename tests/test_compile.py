@@ -45,6 +45,13 @@ def kwargs_of(family, seed=1):
     return lambda: {**family.call_kwargs(), "num_inference_steps": STEPS, "generator": torch.Generator().manual_seed(seed)}
 
 
+def eager_output(family):
+    """The generation's output without compiling: what the compiled runs must equal."""
+    pipe = family.build()
+    dit_sparse.apply(pipe, CONFIG)
+    return checks.generate(pipe, kwargs_of(family))
+
+
 def compile_blocks(transformer, backend):
     """diffusers' regional recipe; models that declare no repeated blocks get each block compiled."""
     if transformer._repeated_blocks:
@@ -66,10 +73,7 @@ def fresh_dynamo(monkeypatch):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_regional_compile_traces_whole_blocks_and_matches_eager(name):
     family = FAMILIES[name]
-    eager = family.build()
-    dit_sparse.apply(eager, CONFIG)
-    expected = checks.generate(eager, kwargs_of(family))
-
+    expected = eager_output(family)
     pipe = family.build()
     handle = dit_sparse.apply(pipe, CONFIG)
     counter = CompileCounterWithBackend("aot_eager")
@@ -89,10 +93,7 @@ def test_whole_transformer_compile_after_reapplying(name):
     """torch.compile(transformer, fullgraph=True) after apply: apply again moves the step hook onto
     the compiled wrapper (its host work stays outside the graph); without that, a clear error."""
     family = FAMILIES[name]
-    eager = family.build()
-    dit_sparse.apply(eager, CONFIG)
-    expected = checks.generate(eager, kwargs_of(family))
-
+    expected = eager_output(family)
     pipe = family.build()
     handle = dit_sparse.apply(pipe, CONFIG)
     counter = CompileCounterWithBackend("aot_eager")
