@@ -1,6 +1,6 @@
-"""The benchmark library lives in the package: nothing under dit_sparse/ (its kernels/ and
+"""The benchmark and study code lives in the package: nothing under dit_sparse/ (its kernels/ and
 pipelines/ included) or scripts/ edits sys.path or imports from tests/ or scripts/, and every
-family has a tiny pipeline there."""
+family has a tiny pipeline there; tests import the package, never a script."""
 
 import ast
 from pathlib import Path
@@ -55,3 +55,12 @@ def test_the_checks_see_what_they_look_for():
 def test_every_family_has_a_tiny_pipeline(family):
     module = tiny_pipeline(family.name)
     assert find_family(module.build().transformer) is family and module.call_kwargs()["output_type"] == "latent"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name)
+def test_tests_import_the_package_not_the_scripts(path):
+    """Tests test the library: the scripts are thin entry points, never imported."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    assert not touches_sys_path(tree), f"tests/{path.name} uses sys.path"
+    assert not imported_modules(tree) & scripts, f"tests/{path.name} imports a script"

@@ -1,12 +1,9 @@
-"""scripts/caching_study.py: the compare commands it runs and the summary it makes of their runs."""
+"""dit_sparse/study/caching_study.py: the compare commands it runs and the summary it makes of their runs."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import caching_study as study  # noqa: E402
+from dit_sparse.study import caching_study as study
 
 
 def test_one_compare_per_setting_and_seed_group(tmp_path):

@@ -1,8 +1,6 @@
 """Merging comparison reports of different seeds gives the report of one run over all seeds."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +9,7 @@ from dit_sparse.cli import main
 from dit_sparse.compare import merge_reports
 from dit_sparse.demo.components import build_pipeline
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-import quality_study  # noqa: E402
+from dit_sparse.study import quality_study
 
 SMALL = ["--num-frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--max-sequence-length", "8",
          "--device", "cpu", "--presets", "dense,balanced", "--dense-steps", "0", "--no-warmup"]
