@@ -61,6 +61,8 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     g.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     g.add_argument("--cpu-offload", action="store_true", help="keep only the running component on the GPU")
+    g.add_argument("--compile", action="store_true", help="compile the transformer's blocks (torch.compile, "
+                   "fullgraph) as diffusers documents; the first steps pay the compilation, whose time is printed")
     g.add_argument("--fps", type=int, default=16, help="frames per second of written videos")
     s = p.add_argument_group("sparse attention (overrides of the preset)")
     s.add_argument("--dense-steps", type=_dense_steps, help="first steps with full attention: fraction or count")

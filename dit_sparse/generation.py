@@ -215,6 +215,29 @@ def load_pipeline(path: Path, *, dtype: torch.dtype, device: str, cpu_offload: b
     return pipe
 
 
+def compile_blocks(pipe, **compile_kwargs) -> None:
+    """Compile the blocks of the pipeline's transformer(s) as diffusers documents
+    (`compile_repeated_blocks(fullgraph=True)`), or each block where a model declares no repeated
+    blocks (CogVideoX, SD3). Compilation happens in the first steps of the next generation."""
+    for name in ("transformer", "transformer_2"):
+        transformer = getattr(pipe, name, None)
+        if transformer is None:
+            continue
+        if getattr(transformer, "_repeated_blocks", None):
+            transformer.compile_repeated_blocks(fullgraph=True, **compile_kwargs)
+        else:
+            for block in transformer.transformer_blocks:
+                block.compile(fullgraph=True, **compile_kwargs)
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process (dynamo's own account)."""
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    return float(values[names.index("_compile.compile_inner")]) if "_compile.compile_inner" in names else 0.0
+
+
 def check_request(pipe, spec: PipelineSpec, request: GenerationRequest) -> None:
     """Raise GenerationError for a size or frame count the pipeline would silently change."""
     multiple = spec.spatial_multiple(pipe)

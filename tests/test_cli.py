@@ -204,3 +204,27 @@ def test_console_error_has_no_traceback(tmp_path):
                            "--prompt", "x"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generate_compiled_blocks(model_dir, tmp_path, capsys, monkeypatch):
+    """--compile compiles the transformer's blocks (fullgraph) before the generation, which then
+    equals the eager one, and says how long compiling took (aot_eager here: Inductor's CPU
+    compile would take minutes)."""
+    from dit_sparse import generation
+
+    compiled, compile_blocks = [], generation.compile_blocks
+    monkeypatch.setattr(generation, "compile_blocks",
+                        lambda pipe: compiled.append(pipe) or compile_blocks(pipe, backend="aot_eager"))
+    torch._dynamo.reset()
+    outputs = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / f"clip{len(flag)}.gif"
+        code, stdout, _ = run(capsys, "generate", "--model", model_dir, "--prompt", "a red circle", *SMALL, *flag,
+                              "--output", out)
+        assert code == 0
+        outputs[bool(flag)] = json.loads(out.with_suffix(".json").read_text())
+    torch._dynamo.reset()
+    assert len(compiled) == 1 and compiled[0].transformer.blocks[0]._compiled_call_impl is not None
+    assert "compile time" in stdout and outputs[True]["compiled"] and outputs[True]["compile_s"] > 0
+    assert outputs[False]["compile_s"] is None
+    assert outputs[True]["stats"]["sparse_calls"] == outputs[False]["stats"]["sparse_calls"] > 0
