@@ -60,7 +60,7 @@ def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec)
     pipe = gen.load_pipeline(path, dtype=dtype, device=device, cpu_offload=args.cpu_offload)
     gen.check_request(pipe, spec, request)
     if args.compile:
-        gen.compile_blocks(pipe)
+        gen.compile_pipeline(pipe)
     meta = dict(model=str(args.model or "bundled demo model"), path=str(path), pipeline=type(pipe).__name__,
                 device=device, dtype=str(dtype).replace("torch.", ""), compiled=bool(args.compile))
     return pipe, request, meta

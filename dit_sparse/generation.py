@@ -215,19 +215,22 @@ def load_pipeline(path: Path, *, dtype: torch.dtype, device: str, cpu_offload: b
     return pipe
 
 
-def compile_blocks(pipe, **compile_kwargs) -> None:
-    """Compile the blocks of the pipeline's transformer(s) as diffusers documents
-    (`compile_repeated_blocks(fullgraph=True)`), or each block where a model declares no repeated
-    blocks (CogVideoX, SD3). Compilation happens in the first steps of the next generation."""
+def compile_blocks(transformer, **compile_kwargs) -> None:
+    """Compile a transformer's blocks as diffusers documents (`compile_repeated_blocks(fullgraph=True)`),
+    or each block where a model declares no repeated blocks (CogVideoX, SD3). Compilation happens
+    in the first calls after."""
+    if getattr(transformer, "_repeated_blocks", None):
+        transformer.compile_repeated_blocks(fullgraph=True, **compile_kwargs)
+    else:
+        for block in transformer.transformer_blocks:
+            block.compile(fullgraph=True, **compile_kwargs)
+
+
+def compile_pipeline(pipe, **compile_kwargs) -> None:
+    """`compile_blocks` for each transformer of the pipeline (Wan 2.2 A14B has two)."""
     for name in ("transformer", "transformer_2"):
-        transformer = getattr(pipe, name, None)
-        if transformer is None:
-            continue
-        if getattr(transformer, "_repeated_blocks", None):
-            transformer.compile_repeated_blocks(fullgraph=True, **compile_kwargs)
-        else:
-            for block in transformer.transformer_blocks:
-                block.compile(fullgraph=True, **compile_kwargs)
+        if getattr(pipe, name, None) is not None:
+            compile_blocks(getattr(pipe, name), **compile_kwargs)
 
 
 def compile_seconds() -> float:

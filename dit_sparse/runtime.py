@@ -151,8 +151,9 @@ class SparseRuntime:
             if plan.patterns is None:  # decided, but its call never ran
                 continue
             heads = plan.heads or range(plan.shape[1])
+            density = plan.density  # read back from the device once for both figures
             layers.setdefault(f"{self.name}.{layer}", {})[str(branch)] = PlanStats(
-                kinds=plan.kinds, density=plan.density.tolist(), mean_density=plan.mean_density,
+                kinds=plan.kinds, density=density.tolist(), mean_density=float(density.mean()),
                 profiled_at_step=self.cache.profiled_at((layer, branch)), heads=(heads.start, heads.stop),
             )
         steps = {str(b): {k: sorted(s) for k, s in d.items()} for b, d in self.steps_by_branch.items()}

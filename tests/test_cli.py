@@ -212,9 +212,9 @@ def test_generate_compiled_blocks(model_dir, tmp_path, capsys, monkeypatch):
     compile would take minutes)."""
     from dit_sparse import generation
 
-    compiled, compile_blocks = [], generation.compile_blocks
-    monkeypatch.setattr(generation, "compile_blocks",
-                        lambda pipe: compiled.append(pipe) or compile_blocks(pipe, backend="aot_eager"))
+    compiled, compile_pipeline = [], generation.compile_pipeline
+    monkeypatch.setattr(generation, "compile_pipeline",
+                        lambda pipe: compiled.append(pipe) or compile_pipeline(pipe, backend="aot_eager"))
     torch._dynamo.reset()
     outputs = {}
     for flag in ([], ["--compile"]):

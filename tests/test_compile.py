@@ -13,6 +13,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import dit_sparse
 from dit_sparse import SparseAttentionConfig
+from dit_sparse.generation import compile_blocks
 
 import family_checks as checks
 import test_family_cogvideox
@@ -52,15 +53,6 @@ def eager_output(family):
     return checks.generate(pipe, kwargs_of(family))
 
 
-def compile_blocks(transformer, backend):
-    """diffusers' regional recipe; models that declare no repeated blocks get each block compiled."""
-    if transformer._repeated_blocks:
-        transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
-        return
-    for block in transformer.transformer_blocks:
-        block.compile(fullgraph=True, backend=backend)
-
-
 @pytest.fixture(autouse=True)
 def fresh_dynamo(monkeypatch):
     torch._dynamo.reset()
@@ -77,7 +69,7 @@ def test_regional_compile_traces_whole_blocks_and_matches_eager(name):
     pipe = family.build()
     handle = dit_sparse.apply(pipe, CONFIG)
     counter = CompileCounterWithBackend("aot_eager")
-    compile_blocks(pipe.transformer, counter)
+    compile_blocks(pipe.transformer, backend=counter)
     out = checks.generate(pipe, kwargs_of(family))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert handle.stats().sparse_calls > 0 and handle.stats().num_profiles > 0

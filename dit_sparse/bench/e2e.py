@@ -18,6 +18,7 @@ import torch
 
 import dit_sparse
 from dit_sparse import SparseAttentionConfig
+from dit_sparse.generation import compile_blocks
 from dit_sparse.geometry import TokenGrid
 
 from .models import ModelUnderTest, Workload, prepare_model
@@ -85,10 +86,11 @@ def eager_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
 
 def compiled_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
     """The transformer with its blocks compiled as diffusers documents
-    (`compile_repeated_blocks(fullgraph=True)`, Inductor); dit_sparse applied later swaps the
-    processors inside them, and the blocks recompile for each mode (dense, profile, cached)."""
+    (`compile_repeated_blocks(fullgraph=True)`, Inductor; each block for CogVideoX), the way
+    `dit-sparse --compile` does; dit_sparse applied later swaps the processors inside them, and
+    the blocks recompile for each mode (dense, profile, cached)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    model.compile_repeated_blocks(fullgraph=True)
+    compile_blocks(model)
     return eager_calls(model, workload)
 
 
