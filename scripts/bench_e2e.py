@@ -42,8 +42,15 @@ padded text keys instead of masking them, which cuDNN runs faster). `--trace` ad
 torch.profiler breakdown of one cached svg step (kernel time per category, GPU busy vs wall). `--full-loop` also runs Wan2.1-1.3B 480p's 50 steps for dense, svg and balanced
 and compares the measured total with the composed one.
 
+`--baselines eager,compiled` (or `--compiled`) also runs every model with its blocks compiled as
+diffusers documents (`compile_repeated_blocks(fullgraph=True)`, Inductor), dense and sparse
+alike; compiled rows' speed-ups are over compiled stock dense. Compiled runs also compare their
+outputs with eager ones of the same config (`torch.compiler.set_stance("force_eager")` on the
+same modules): the dense first call, and a sparse config's profiling-then-cached first call.
+
     python scripts/bench_e2e.py --models wan1.3b-480 --full-loop --out docs/results
     python scripts/bench_e2e.py --models hunyuan-720 --out docs/results
+    python scripts/bench_e2e.py --models wan14b-720 --baselines compiled --repeats 1 --out docs/results
     python scripts/bench_e2e.py --models wan1.3b-480,flux-1024 --tiny --out /tmp/e2e   # CPU
 
 Each model is one run of a few minutes on an H100; results accumulate in DIR/e2e_<gpu>.json
@@ -72,19 +79,24 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on the CPU: a test of the code path")
     ap.add_argument("--trace", action="store_true", help="torch.profiler trace of one cached svg step (GPU)")
     ap.add_argument("--compiled", action="store_true", help="also measure every model with its blocks compiled "
-                    "(compile_repeated_blocks(fullgraph=True)), against compiled stock dense")
+                    "(compile_repeated_blocks(fullgraph=True)), against compiled stock dense: --baselines eager,compiled")
+    ap.add_argument("--baselines", default=None, help="comma list of eager,compiled: how the transformer runs "
+                    "(default eager; compiled alone records the attention share from one eager call)")
     args = ap.parse_args(argv)
     command = "python scripts/bench_e2e.py " + " ".join(sys.argv[1:] if argv is None else argv)
     names = args.models.split(",")
     if unknown := [n for n in names if n not in SPECS]:
         sys.exit(f"unknown model {unknown}; choose from {list(SPECS)}")
+    baselines = tuple(args.baselines.split(",")) if args.baselines else ("eager", "compiled") if args.compiled else ("eager",)
+    if bad := [b for b in baselines if b not in ("eager", "compiled")]:
+        sys.exit(f"unknown baseline {bad}; choose from ['eager', 'compiled']")
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("bench_e2e needs a CUDA GPU (or --tiny for the CPU check)")
     from dit_sparse.bench.e2e import RunOptions, run_models  # after the checks: it imports diffusers
     from dit_sparse.bench.report import e2e_markdown
 
     options = RunOptions(repeats=args.repeats, full_loop=args.full_loop, tiny=args.tiny, trace=args.trace,
-                         command=command, baselines=("eager", "compiled") if args.compiled else ("eager",))
+                         command=command, baselines=baselines)
     data = run_models(names, args.out, options)
     print(e2e_markdown(data), flush=True)
 

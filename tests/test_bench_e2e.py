@@ -164,10 +164,44 @@ def test_tiny_run_records_and_merge(tmp_path):
         assert (r["command"] == again["commands"][-1]) == (r["key"] == "flux-1024")
 
 
+def test_compiled_run_compares_with_eager_and_compiles_nothing_in_its_loops(monkeypatch):
+    """The compiled baseline alone (Inductor on the CPU): the attention calls recorded from an eager
+    call, dense and sparse outputs equal to eager ones of the same config, and every kind of call
+    compiled before the timed 50-step loops, which then compile nothing."""
+    from torch._dynamo.utils import counters
+
+    from dit_sparse.bench import e2e
+
+    compiled_in_loops = []
+    run_loop = e2e.run_loop
+
+    def counting_loop(calls, timesteps):
+        before = counters["stats"]["unique_graphs"]
+        run_loop(calls, timesteps)
+        compiled_in_loops.append(counters["stats"]["unique_graphs"] - before)
+
+    monkeypatch.setattr(e2e, "run_loop", counting_loop)
+    torch._dynamo.reset()
+    options = RunOptions(repeats=1, full_loop=True, tiny=True, command="test")
+    records, dense = run_model(SPECS["wan1.3b-480"], options, CPU, torch.float32, ProgressLog(), "compiled")
+    assert {r["baseline"] for r in records} == {"compiled"} and dense.attention_share > 0
+    by_config = {r["config"]: r for r in records}
+    for name in ("dense", "svg"):
+        match = by_config[name]["compiled_vs_eager"]
+        assert match["equal"] and match["rel_l2"] < 1e-5 and match["cosine"] > 0.9999
+    assert compiled_in_loops == [0, 0, 0]  # dense, svg, balanced
+    for name in ("svg", "balanced"):
+        assert by_config[name]["loop_num_profiles"] == by_config[name]["loop_expected_profiles"] > 0
+    torch._dynamo.reset()
+
+
 def test_unknown_models_are_refused_by_the_script():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--models", "wan2"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "unknown model ['wan2']" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--baselines", "eager,jit"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "unknown baseline ['jit']" in done.stderr
 
 
 def test_trace_kernel_categories():
@@ -176,6 +210,9 @@ def test_trace_kernel_categories():
     assert kernel_category("_block_lse_kernel") == "profiling (ours)"
     assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "dense attention (SDPA)"
     assert kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32") == "GEMM"
+    assert kernel_category("triton_tem_fused_addmm_0") == "GEMM"
+    assert kernel_category("triton_poi_fused_add_mul_native_layer_norm_3") == "fused by Inductor"
+    assert kernel_category("triton_red_fused__to_copy_add_1") == "fused by Inductor"
     assert kernel_category("vectorized_elementwise_kernel") == "other"
 
 

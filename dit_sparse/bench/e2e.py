@@ -30,6 +30,7 @@ from .trace import trace_step
 
 FULL_LOOP_CONFIGS = ("dense", "svg", "balanced")
 LOOP_TOLERANCE = 0.03
+EQUAL_REL_L2 = 2 ** -7  # compiled and eager outputs agree within bf16 rounding: relative L2 <= bf16's epsilon
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class StepCalls:
     module: torch.nn.Module
     step: Callable[[torch.Tensor], None]
     first_call: Callable[[torch.Tensor], torch.Tensor]
+    compiled: bool = False  # calls go through torch.compile (`torch.compiler.set_stance("force_eager")` undoes it)
 
 
 def eager_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
@@ -91,7 +93,7 @@ def compiled_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
     the blocks recompile for each mode (dense, profile, cached)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     compile_blocks(model)
-    return eager_calls(model, workload)
+    return dataclasses.replace(eager_calls(model, workload), compiled=True)
 
 
 BASELINES = {"eager": eager_calls, "compiled": compiled_calls}
@@ -135,6 +137,22 @@ def compose(config: SparseAttentionConfig, dense_s: float, profile_s: float, cac
     return dict(n_dense_steps=n_dense, n_profile_steps=n_profile, n_cached_steps=n_cached, total_sparse_s=total)
 
 
+def agreement(output: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How close two outputs of the same call are: relative L2 error, largest absolute error
+    (beside the largest absolute value), cosine similarity, and whether they are equal within
+    EQUAL_REL_L2."""
+    a, b = output.float().flatten(), reference.float().flatten()
+    rel_l2 = float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return dict(rel_l2=rel_l2, max_abs=float((a - b).abs().max()), expected_max_abs=float(b.abs().max()),
+                cosine=float(torch.nn.functional.cosine_similarity(a, b, dim=0)), equal=rel_l2 <= EQUAL_REL_L2)
+
+
+def eager_reference(first_call, t) -> torch.Tensor:
+    """The step's first call with torch.compile's code bypassed (the same modules, run eagerly)."""
+    with torch.compiler.set_stance("force_eager"):
+        return first_call(t)
+
+
 # ---- measurements ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -147,6 +165,7 @@ class DenseStep:
     attention_s: float
     backends: tuple[str, ...]
     sequence_length: int
+    compiled_vs_eager: dict | None = None  # agreement of the compiled first call with the eager one
 
     @property
     def attention_share(self) -> float:
@@ -160,6 +179,7 @@ class SparseSteps:
     profile_s: float
     cached_s: float
     mean_density: float
+    compiled_vs_eager: dict | None = None  # a cached call's output compiled against eager (same config)
 
 
 @dataclass
@@ -182,19 +202,27 @@ def measure_dense(bench: ModelUnderTest, calls: StepCalls, repeats: int, device,
                   eager: DenseStep | None = None) -> DenseStep:
     """The stock step's time (median of `repeats`), and its self-attention calls, which must all
     go through scaled_dot_product_attention (so that the SDPA backend context governs them).
-    With `eager` (the same model's eager measurement) the calls are not recorded again: a
-    compiled run takes the attention share from it."""
+    The calls are recorded from an eager first call (compiled code bypassed); with `eager` (the
+    same model's eager measurement) they are not recorded again. Compiled calls are also
+    compared with that eager first call."""
     t0, _ = bench.two_timesteps()
-    if eager is not None:
-        finite = bool(torch.isfinite(calls.first_call(t0)).all())  # compiles
-        seconds = median_wall_seconds(lambda: calls.step(t0), device, repeats)
-        progress(f"dense step {seconds:.3f} s (compiled, median of {repeats})")
-        return dataclasses.replace(eager, seconds=seconds, finite=finite)
-    with recording_sdpa() as seen:
-        finite = bool(torch.isfinite(calls.first_call(t0)).all())
+    reference = None
+    if eager is None:
+        with recording_sdpa() as seen:
+            reference = eager_reference(calls.first_call, t0)
+    elif calls.compiled:
+        reference = eager_reference(calls.first_call, t0)
+    output = calls.first_call(t0)  # compiles, for compiled calls
+    finite = bool(torch.isfinite(output).all())
+    match = agreement(output, reference) if calls.compiled else None
     seconds = median_wall_seconds(lambda: calls.step(t0), device, repeats)
     num_calls = len(bench.workload.calls)
-    progress(f"dense step {seconds:.3f} s ({num_calls} call(s), median of {repeats})")
+    kind = "compiled" if calls.compiled else "eager"
+    progress(f"dense step {seconds:.3f} s ({kind}, {num_calls} call(s), median of {repeats})")
+    if match is not None:
+        progress(f"dense compiled vs eager: relative L2 {match['rel_l2']:.2e}, cosine {match['cosine']:.6f}")
+    if eager is not None:
+        return dataclasses.replace(eager, seconds=seconds, finite=finite, compiled_vs_eager=match)
 
     self_calls = [c for c in seen if c.is_self_attention(bench.num_tokens, bench.text_len)]
     if len(self_calls) != bench.num_layers:
@@ -204,7 +232,7 @@ def measure_dense(bench: ModelUnderTest, calls: StepCalls, repeats: int, device,
     example = {c.key: c for c in self_calls}
     attention_s = num_calls * sum(n * op_seconds(example[k].run(), device) for k, n in groups.items())
     dense = DenseStep(seconds, finite, attention_s, tuple(sorted({first_backend(example[k]) for k in groups})),
-                      self_calls[0].sequence_length)
+                      self_calls[0].sequence_length, match)
     progress(f"self-attention alone {attention_s:.3f} s a step = {dense.attention_share:.1%} "
              f"(S = {dense.sequence_length}, SDPA backend {list(dense.backends)})")
     return dense
@@ -219,19 +247,29 @@ def measure_warmup(handle, step, t, config: SparseAttentionConfig, layers: int, 
     return median_wall_seconds(lambda: step(t), device, repeats)
 
 
-def measure_sparse(handle, step, first_call, t0, t1, repeats, device, expected_profiles) -> SparseSteps:
-    """Profiling step (after a reset) and cached step (the next), median over `repeats`."""
+def measure_sparse(handle, calls: StepCalls, t0, t1, repeats, device, expected_profiles) -> SparseSteps:
+    """Profiling step (after a reset) and cached step (the next), median over `repeats`, after
+    an untimed profiling and cached first call (kernel compilation, the grid's pattern bank, and
+    for compiled calls the graphs of both). Compiled calls are also compared with eager ones:
+    the same profiling and cached first calls with compiled code bypassed."""
     handle.reset()
-    first_call(t0)  # warm-up: kernel compilation and the grid's pattern bank (kept across resets)
+    calls.first_call(t0)
+    output = calls.first_call(t1)
+    match = None
+    if calls.compiled:
+        handle.reset()
+        with torch.compiler.set_stance("force_eager"):
+            calls.first_call(t0)
+            match = agreement(output, calls.first_call(t1))
     profile, cached = [], []
     for _ in range(repeats):
         handle.reset()
-        profile.append(wall_seconds(lambda: step(t0), device))
-        cached.append(wall_seconds(lambda: step(t1), device))
+        profile.append(wall_seconds(lambda: calls.step(t0), device))
+        cached.append(wall_seconds(lambda: calls.step(t1), device))
     stats = handle.stats()
     if stats.num_profiles != expected_profiles:
         raise RuntimeError(f"a profiling step profiled {stats.num_profiles} times, expected {expected_profiles}")
-    return SparseSteps(statistics.median(profile), statistics.median(cached), stats.mean_density)
+    return SparseSteps(statistics.median(profile), statistics.median(cached), stats.mean_density, match)
 
 
 def measure_sparse_configs(bench: ModelUnderTest, calls: StepCalls, configs: dict[str, SparseAttentionConfig],
@@ -248,17 +286,24 @@ def measure_sparse_configs(bench: ModelUnderTest, calls: StepCalls, configs: dic
         if key not in steps:
             handle.set_config(measurement_config(cfg))
             expected = (layers - cfg.dense_layers) * num_calls
-            steps[key] = measure_sparse(handle, calls.step, calls.first_call, t0, t1, repeats, device, expected)
-            m = steps[key]
+            steps[key] = m = measure_sparse(handle, calls, t0, t1, repeats, device, expected)
             progress(f"{name}: profile step {m.profile_s:.3f} s, cached step {m.cached_s:.3f} s, "
                      f"density {m.mean_density:.3f}")
+            if m.compiled_vs_eager is not None:
+                progress(f"{name} compiled vs eager: relative L2 {m.compiled_vs_eager['rel_l2']:.2e}, "
+                         f"cosine {m.compiled_vs_eager['cosine']:.6f}")
+    warmup_s = measure_warmup(handle, calls.step, t0, configs["svg"], layers, repeats, device)
+    progress(f"dense step through dit_sparse {warmup_s:.3f} s")
+    if full_loop:  # re-profiling a plan (in place) is the one kind of call not yet made: compile it too
+        handle.set_config(dataclasses.replace(measurement_config(configs["svg"]), refresh_every=1))
+        calls.first_call(t0)
+        calls.first_call(t1)
+    for name, cfg in configs.items():  # every kind of call has run once: no compilation inside a loop
         if full_loop and name in FULL_LOOP_CONFIGS:
             handle.set_config(cfg)
             loops[name] = wall_seconds(lambda: run_loop(calls, bench.timesteps), device)
             loop_profiles[name] = handle.stats().num_profiles
             progress(f"full loop {name}: {loops[name]:.1f} s")
-    warmup_s = measure_warmup(handle, calls.step, t0, configs["svg"], layers, repeats, device)
-    progress(f"dense step through dit_sparse {warmup_s:.3f} s")
     trace = None
     if options.trace and device.type == "cuda":
         handle.set_config(measurement_config(configs["svg"]))
@@ -289,7 +334,8 @@ def model_records(bench: ModelUnderTest, dense: DenseStep, sparse: SparseRuns,
     )
     records = [dict(base, config="dense", sparse_s_per_step=dense.seconds, profile_s_per_step=dense.seconds,
                     mean_density=1.0, speedup=1.0, total_sparse_s=STEPS * dense.seconds, dense_steps=STEPS,
-                    dense_layers=bench.num_layers, refresh_every=None, density=1.0)]
+                    dense_layers=bench.num_layers, refresh_every=None, density=1.0,
+                    compiled_vs_eager=dense.compiled_vs_eager)]
     for name, cfg in configs.items():
         m = sparse.of(cfg)
         total = compose(cfg, sparse.warmup_s, m.profile_s, m.cached_s)
@@ -299,7 +345,7 @@ def model_records(bench: ModelUnderTest, dense: DenseStep, sparse: SparseRuns,
             mean_density=m.mean_density, speedup=base["total_dense_s"] / total["total_sparse_s"],
             speedup_vs_warmup=STEPS * sparse.warmup_s / total["total_sparse_s"], **total,
             dense_steps=cfg.dense_steps, dense_layers=cfg.dense_layers, refresh_every=cfg.refresh_every,
-            density=cfg.density, recall=cfg.recall,
+            density=cfg.density, recall=cfg.recall, compiled_vs_eager=m.compiled_vs_eager,
         ))
     return records
 

@@ -82,7 +82,7 @@ def e2e_markdown(data: dict) -> str:
     for key, baseline in sorted(by_key, key=lambda kb: (list(SPECS).index(kb[0]) if kb[0] in SPECS else len(SPECS),
                                                           kb[1] != "eager")):
         got = by_key[(key, baseline)]
-        target = SPECS[key].target
+        target = SPECS[key].compiled_target if baseline == "compiled" else SPECS[key].target
         cells = []
         for name in SPARSE_CONFIGS:
             r = got.get(name)
@@ -97,15 +97,33 @@ def e2e_markdown(data: dict) -> str:
     if merged:
         lines += ["", "Timesteps that coincide once the pipeline casts them (the runtime then sees fewer steps on a "
                       "bare transformer): " + ", ".join(f"{k}: {n} distinct of {STEPS}" for k, n in merged) + "."]
+    compared = [r for r in records if r.get("compiled_vs_eager")]
+    if compared:
+        lines += ["", "## Compiled against eager, the same config (bf16)", "",
+                  "The step's first call compiled and with compiled code bypassed "
+                  "(`torch.compiler.set_stance(\"force_eager\")`); for a sparse config, a profiling call then a "
+                  "cached call, each run profiling its own plans. Equal: relative L2 <= 2^-7 (bf16's epsilon).", "",
+                  "| model | H x W x F | config | relative L2 | max abs error | max abs value | cosine | equal |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in compared:
+            c = r["compiled_vs_eager"]
+            lines.append(f"| {r['model']} | {r['height']}x{r['width']}x{r['num_frames']} | {r['config']} | "
+                         f"{c['rel_l2']:.2e} | {c['max_abs']:.3g} | {c['expected_max_abs']:.3g} | {c['cosine']:.6f} | "
+                         f"{'yes' if c['equal'] else 'NO'} |")
     traced = [r for r in records if r.get("trace")]
     if traced:
         lines += ["", "## Where a cached svg step's time goes (torch.profiler, kernel time per category)", "",
-                  "| model | wall s | GPU busy s | " + " | ".join(c for c, _ in TRACE_CATEGORIES) + " | other |",
-                  "|---|---|---|" + "---|" * (len(TRACE_CATEGORIES) + 1)]
+                  "Host gap = wall minus GPU busy: launch latency and host work, the most that CUDA graphs could "
+                  "remove.", "",
+                  "| model | baseline | wall s | GPU busy s | host gap | " + " | ".join(c for c, _ in TRACE_CATEGORIES)
+                  + " | other |",
+                  "|---|---|---|---|---|" + "---|" * (len(TRACE_CATEGORIES) + 1)]
         for r in traced:
             t = r["trace"]
             cells = [f"{t['categories_s'].get(c, 0.0):.3f}" for c, _ in TRACE_CATEGORIES] + [f"{t['categories_s'].get('other', 0.0):.3f}"]
-            lines.append(f"| {r['model']} {r['height']}x{r['width']} | {t['wall_s']:.3f} | {t['gpu_busy_s']:.3f} | {' | '.join(cells)} |")
+            gap = 1 - t["gpu_busy_s"] / t["wall_s"]
+            lines.append(f"| {r['model']} {r['height']}x{r['width']} | {r.get('baseline', 'eager')} | {t['wall_s']:.3f} | "
+                         f"{t['gpu_busy_s']:.3f} | {gap:.1%} | {' | '.join(cells)} |")
     if data.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e['key']}: {e['error']}" for e in data["errors"]]
     lines += ["", "## Commands", ""] + [f"- `{c}`" for c in data["commands"]]

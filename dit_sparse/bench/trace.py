@@ -14,7 +14,8 @@ TRACE_CATEGORIES = (  # (category, substrings of kernel names), first match wins
     ("reorder (ours)", ("_reorder_kernel",)),
     ("profiling (ours)", ("_block_lse",)),
     ("dense attention (SDPA)", ("cudnn", "fmha", "flash", "attention")),
-    ("GEMM", ("gemm", "xmma", "cutlass", "cublas", "sm90_", "nvjet")),
+    ("GEMM", ("gemm", "xmma", "cutlass", "cublas", "sm90_", "nvjet", "triton_tem")),
+    ("fused by Inductor", ("triton_poi", "triton_red", "triton_per")),
 )
 
 
