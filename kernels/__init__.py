@@ -14,17 +14,29 @@ else:
         default_config,
     )
     from .block_lse import sampled_block_lse, sampled_block_lse_reference
+    from .quantize import QuantizedQKV, quantize_qkv, quantize_qkv_reference
+    from .quantized_attention import (
+        default_quantized_config,
+        quantized_block_sparse_attention,
+        quantized_block_sparse_attention_reference,
+    )
     from .reorder import TokenOrder, reorder_tokens, reorder_tokens_reference
     from .rotary import interleaved_rotary, interleaved_rotary_reference
 
     __all__ = [
         "KernelConfig",
+        "QuantizedQKV",
         "TokenOrder",
         "block_sparse_attention",
         "block_sparse_attention_reference",
         "default_config",
+        "default_quantized_config",
         "interleaved_rotary",
         "interleaved_rotary_reference",
+        "quantize_qkv",
+        "quantize_qkv_reference",
+        "quantized_block_sparse_attention",
+        "quantized_block_sparse_attention_reference",
         "reorder_tokens",
         "sampled_block_lse",
         "sampled_block_lse_reference",
