@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from dit_sparse.kernels.utils import BACKENDS
 
+PRECISIONS = ("bf16", "int8", "fp8")
+
 PRESETS = {
     # From the quality study on the bundled demo model (docs/results/quality_demo.md, 48 clips):
     # re-profiling every 2nd sparse step loses 0.18 dB against every step where every 5th loses
@@ -50,6 +52,12 @@ class SparseAttentionConfig:
     every band sized to that fraction of the key blocks (Sparse VideoGen's `sparsity`)."""
     first_frame_sink: bool = False
     """Spatial heads also attend to the first frame (an attention sink)."""
+    precision: str = "bf16"
+    """Products of the sparse layers' attention: "bf16" (the input's dtype), or "int8" / "fp8"
+    for the quantized kernel (8-bit Q·Kᵀ and P·V, SageAttention's recipe) on a Hopper GPU.
+    Elsewhere "int8" / "fp8" run unquantized, with a warning; with backend="torch" they run
+    the quantized PyTorch reference (the same numbers, slowly, on any device). Dense steps and
+    layers keep the model's own attention."""
 
     def __post_init__(self):
         def bad(field, value, allowed):
@@ -77,6 +85,8 @@ class SparseAttentionConfig:
             bad("recall", self.recall, "must lie in (0, 1]")
         if self.density is not None and (not isinstance(self.density, (int, float)) or not 0.0 < self.density <= 1.0):
             bad("density", self.density, "must be None (adaptive) or lie in (0, 1]")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, f"must be one of {PRECISIONS}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "SparseAttentionConfig":

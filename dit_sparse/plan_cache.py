@@ -112,7 +112,7 @@ class PlanCache:
         bank = self.bank(grid, device)
         plan, record = self.plans.get(key), self._records.get(key)
         if plan is None or plan.bank is not bank:
-            plan = self.plans[key] = HeadPlan(bank, self.config.backend)
+            plan = self.plans[key] = HeadPlan(bank, self.config.backend, self.config.precision)
             record = None
         profile = record is None or record.patterns is None or self._stale(record, step)
         if profile:

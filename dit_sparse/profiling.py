@@ -11,10 +11,13 @@ cached plan waits for the GPU.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
-from dit_sparse.kernels import block_sparse_attention, sampled_block_lse
+from dit_sparse.kernels import block_sparse_attention, quantized_block_sparse_attention, sampled_block_lse
+from dit_sparse.kernels.utils import interpreting
 
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
@@ -31,12 +34,15 @@ class HeadPlan:
     kernel reads. `kinds`, `density` and `mean_density` (for statistics) read the patterns back.
     `heads`: the global indices of the heads the plan covers where a call holds only some of a
     layer's heads (a rank under Ulysses), else None.
+    `precision`: "bf16" (the block-sparse kernel in the inputs' dtype), "int8" or "fp8" (the
+    quantized kernel); `run_precision(...)` says which one runs on the bank's device.
     """
 
-    def __init__(self, bank: PatternBank, backend: str = "auto"):
+    def __init__(self, bank: PatternBank, backend: str = "auto", precision: str = "bf16"):
         self.bank = bank
         self.grid = bank.grid
         self.backend = backend
+        self.precision = run_precision(precision, backend, bank.device)
         self.patterns: torch.Tensor | None = None
         self.reordered: torch.Tensor | None = None  # (B, H) bool: heads attended position-major
         self.heads: range | None = None
@@ -85,16 +91,42 @@ class HeadPlan:
         if not self.patterns.is_cuda and not torch.compiler.is_compiling():
             # off the GPU reading the plan is free: skip what no head needs
             kinds = {kind for row in self.kinds for kind in row}
-            if kinds == {"dense"}:
+            if kinds == {"dense"} and self.precision == "bf16":
                 return F.scaled_dot_product_attention(q, k, v, scale=scale)
             if "temporal" not in kinds:
                 order = reordered = None
         bank = self.bank
-        return block_sparse_attention(
-            q, k, v, bank.kv_indices, bank.kv_counts, head_pattern=self.patterns,
-            block_size=bank.block_size, scale=scale, backend=self.backend,
-            order=order, reordered_heads=reordered,
-        )
+        args = dict(head_pattern=self.patterns, block_size=bank.block_size, scale=scale, backend=self.backend,
+                    order=order, reordered_heads=reordered)
+        if self.precision != "bf16":
+            return quantized_block_sparse_attention(q, k, v, bank.kv_indices, bank.kv_counts,
+                                                    precision=self.precision, **args)
+        return block_sparse_attention(q, k, v, bank.kv_indices, bank.kv_counts, **args)
+
+
+def run_precision(precision: str, backend: str, device) -> str:
+    """The precision a plan for `device` runs when `precision` is asked for: "int8" and "fp8"
+    need a Hopper GPU for the quantized kernel (or Triton's interpreter on the CPU, with
+    backend "triton"); backend "torch" runs the quantized PyTorch reference anywhere. Elsewhere
+    they run "bf16" (unquantized), with a warning (Python shows it once per process)."""
+    if precision == "bf16" or backend == "torch":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability[0] == 9:
+            return precision
+        where = f"{device} (compute capability {capability[0]}.{capability[1]})"
+    elif backend == "triton" and interpreting():
+        return precision
+    else:
+        where = str(device)
+    warnings.warn(
+        f"dit_sparse: precision={precision!r} needs a Hopper GPU (compute capability 9.x); on {where} the sparse "
+        "attention runs unquantized (backend='torch' runs the quantized PyTorch reference instead)",
+        RuntimeWarning, stacklevel=3,
+    )
+    return "bf16"
 
 
 def make_bank(grid: TokenGrid, config: SparseAttentionConfig, device) -> PatternBank:
@@ -150,6 +182,6 @@ def profile_heads(q, k, v, grid: TokenGrid, config: SparseAttentionConfig | None
         bank = make_bank(grid, config, q.device)
     elif bank.grid != grid or bank.block_size != config.block_size or bank.device != q.device:
         raise ValueError("the PatternBank was built for another grid, block size or device")
-    plan = HeadPlan(bank, config.backend)
+    plan = HeadPlan(bank, config.backend, config.precision)
     plan.set_patterns(choose_patterns(q, k, bank, config, scale))
     return plan
