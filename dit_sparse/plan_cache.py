@@ -1,14 +1,20 @@
 """PlanCache: head plans per (layer, CFG branch), kept across denoising steps.
 
 The step bookkeeping of the method: full attention in the warm-up steps and the first
-`dense_layers` blocks; a plan is profiled at a key's first sparse step, re-used, and profiled
-again once it is `refresh_every` steps old (never, for 0). A plan never serves a call with
-another grid or device, and a call with another batch size or head count re-profiles. Pattern
-banks are kept per grid, since they depend on nothing else.
+`dense_layers` blocks; a plan is profiled at a key's first computed sparse call, re-used, and
+profiled again once it has served `refresh_every` computed calls (never, for 0). A plan never
+serves a call with another grid or device, and a call with another batch size or head count
+re-profiles. Pattern banks are kept per grid, since they depend on nothing else.
 
 The decisions are made on the host before a call (`prepare`, from the step hook, outside any
 compiled region); the call itself (`LayerCall.run`) is tensor work only, so it traces under
 torch.compile, and a changed plan is new tensor data in the same tensors, never a recompile.
+
+A step cache (diffusers' FirstBlockCache, MagCache, TaylorSeer, FasterCache, PAB) may skip a
+decided call: its block or attention module never runs. `LayerCall.run` marks the call as run
+(one attribute store, which compiled code replays after its graph), and the host settles each
+key's previous call at its next decision (`settle`): only calls that ran count, age a plan or
+adopt a new profile; a profile whose call was skipped is simply decided again.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from .profiling import HeadPlan, choose_patterns, make_bank
 
 @dataclass(eq=False)
 class ProfileRecord:
-    """One profiling of a plan: the step it was decided at, the sparse calls it served, and the
-    patterns it chose (set by the call that profiled; None if that call never ran)."""
+    """One profiling of a plan: the step it ran at, the computed sparse calls it served (its own
+    included), and the patterns it chose (set by the call that profiled)."""
 
     step: int
     bank: PatternBank
@@ -45,6 +51,9 @@ class LayerCall:
     profile: bool
     record: ProfileRecord
     config: SparseAttentionConfig
+    step: int = 0
+    ran: bool = False
+    """Set when the call runs; a step cache that skips the layer leaves it False."""
 
     def run(self, q, k, v, scale=None, heads: range | None = None) -> torch.Tensor:
         """Sparse attention of (B, H, S, D) q, k, v in native token order. `heads`: the global
@@ -54,6 +63,7 @@ class LayerCall:
             patterns = choose_patterns(q, k, plan.bank, self.config, scale)
             plan.set_patterns(patterns, heads)
             self.record.patterns = patterns
+        self.ran = True
         return plan.attend(q, k, v, scale)
 
 
@@ -61,7 +71,8 @@ class PlanCache:
     def __init__(self, config: SparseAttentionConfig | None = None):
         self.config = config or SparseAttentionConfig()
         self.plans: dict[Hashable, HeadPlan] = {}
-        self._records: dict[Hashable, ProfileRecord] = {}  # each plan's latest profiling
+        self._records: dict[Hashable, ProfileRecord] = {}  # each plan's latest profiling that ran
+        self._pending: dict[Hashable, LayerCall] = {}  # each key's latest decided call, not yet settled
         self._banks: dict[tuple, PatternBank] = {}
         self._grids: dict[TokenGrid, TokenGrid] = {}
         self.reset()
@@ -70,10 +81,39 @@ class PlanCache:
         """Forget all plans and counts (a new generation)."""
         self.plans.clear()
         self._records.clear()
-        self.history: list[ProfileRecord] = []  # every profiling of this generation, for statistics
-        self.num_profiles = 0
+        self._pending.clear()
+        self.history: list[ProfileRecord] = []  # every profiling that ran in this generation, for statistics
+        self.outcomes: dict[Hashable, dict[int, bool]] = {}  # key -> step -> whether its sparse call ran
         self.dense_calls = 0
-        self.sparse_calls = 0
+        self._settled_sparse = 0
+        self.skipped_calls = 0
+
+    @property
+    def sparse_calls(self) -> int:
+        """Sparse calls that ran (a step cache's skips excluded), the latest of each key included."""
+        return self._settled_sparse + sum(call.ran for call in self._pending.values())
+
+    @property
+    def num_profiles(self) -> int:
+        """Profilings that ran (a profile decided for a call that a step cache skipped is not one)."""
+        return len(self.history) + sum(call.ran and call.profile for call in self._pending.values())
+
+    def settle(self, key: Hashable | None = None):
+        """Count the outcome of `key`'s latest decided call (every key's, for None): call it only
+        between transformer calls, when each decided call has run or been skipped."""
+        for k in [key] if key is not None else list(self._pending):
+            call = self._pending.pop(k, None)
+            if call is None:
+                continue
+            self.outcomes.setdefault(k, {})[call.step] = call.ran
+            if not call.ran:
+                self.skipped_calls += 1
+                continue
+            self._settled_sparse += 1
+            call.record.calls += 1
+            if call.profile:
+                self._records[k] = call.record
+                self.history.append(call.record)
 
     def is_dense(self, layer: int, step: int, num_steps: int | None) -> bool:
         """Whether block `layer` runs full attention at denoising step `step` of `num_steps`."""
@@ -87,6 +127,13 @@ class PlanCache:
                 )
             return step < self.config.dense_steps
         return step < self.config.num_dense_steps(num_steps)
+
+    def warmup_steps(self, num_steps: int | None) -> int:
+        """How many first denoising steps of `num_steps` run dense (a count of `dense_steps` where
+        the step count is unknown; a fraction then counts none, as `is_dense` refuses it)."""
+        if num_steps is None:
+            return self.config.dense_steps if isinstance(self.config.dense_steps, int) else 0
+        return self.config.num_dense_steps(num_steps)
 
     def canonical(self, grid: TokenGrid) -> TokenGrid:
         """One object per distinct grid, kept across generations like the banks: compiled code
@@ -103,29 +150,29 @@ class PlanCache:
     def prepare(self, key: Hashable, *, layer: int, step: int, num_steps: int | None, grid: TokenGrid,
                 device) -> LayerCall | None:
         """The host's decision for one call of `key` (e.g. (layer, branch)) at `step`: None where
-        it runs dense, else the plan to attend under and whether to profile it first (no plan
-        for this grid yet, the last profiling never ran, or the plan is due for a refresh).
-        Counts the call."""
+        it runs dense, else the plan to attend under and whether to profile it first (no
+        profiling of this plan has run yet, or the plan has served `refresh_every` computed
+        calls). Settles the key's previous call first, so that a call a step cache skipped
+        neither ages the plan nor counts as a profiling."""
+        self.settle(key)
         if self.is_dense(layer, step, num_steps):
             self.dense_calls += 1
             return None
         bank = self.bank(grid, device)
-        plan, record = self.plans.get(key), self._records.get(key)
+        plan = self.plans.get(key)
         if plan is None or plan.bank is not bank:
             plan = self.plans[key] = HeadPlan(bank, self.config.backend, self.config.precision)
-            record = None
-        profile = record is None or record.patterns is None or self._stale(record, step)
+            self._records.pop(key, None)
+        record = self._records.get(key)
+        profile = record is None or self._stale(record, step)
         if profile:
-            record = self._records[key] = ProfileRecord(step, bank)
-            self.history.append(record)
-            self.num_profiles += 1
-        record.calls += 1
-        self.sparse_calls += 1
-        return LayerCall(plan, profile, record, self.config)
+            record = ProfileRecord(step, bank)
+        call = self._pending[key] = LayerCall(plan, profile, record, self.config, step)
+        return call
 
     def _stale(self, record: ProfileRecord, step: int) -> bool:
-        age = step - record.step
-        return age < 0 or (self.config.refresh_every > 0 and age >= self.config.refresh_every)
+        """Due for re-profiling: `refresh_every` computed calls served, or the step went back."""
+        return step < record.step or 0 < self.config.refresh_every <= record.calls
 
     def profiled_at(self, key: Hashable) -> int | None:
         """The step `key`'s plan was last profiled at."""
@@ -136,13 +183,21 @@ class PlanCache:
                grid: TokenGrid, scale=None) -> torch.Tensor | None:
         """Decide and run one call at once (outside the diffusers integration, which decides in its
         step hook): the sparse output, or None where this layer and step run dense."""
-        call = self.prepare((layer, branch), layer=layer, step=step, num_steps=num_steps, grid=grid,
-                            device=q.device)
-        return None if call is None else call.run(q, k, v, scale)
+        key = (layer, branch)
+        call = self.prepare(key, layer=layer, step=step, num_steps=num_steps, grid=grid, device=q.device)
+        if call is None:
+            return None
+        out = call.run(q, k, v, scale)
+        self.settle(key)
+        return out
 
     def mean_density(self) -> float | None:
-        """Mean fraction of blocks computed over the sparse calls of this generation (reads the
-        plans from the device), None before any sparse call that profiled or re-used a plan."""
-        served = [(r.bank.density_of(r.patterns).mean().item(), r.calls) for r in self.history if r.patterns is not None]
+        """Mean fraction of blocks computed over the sparse calls that ran in this generation
+        (reads the plans from the device), None before any."""
+        calls = {record: record.calls for record in self.history}
+        for call in self._pending.values():  # the latest calls, not settled yet
+            if call.ran:
+                calls[call.record] = calls.get(call.record, call.record.calls) + 1
+        served = [(r.bank.density_of(r.patterns).mean().item(), n) for r, n in calls.items() if r.patterns is not None]
         calls = sum(c for _, c in served)
         return sum(d * c for d, c in served) / calls if calls else None

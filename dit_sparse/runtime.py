@@ -32,6 +32,7 @@ class SparseRuntime:
         self.num_steps: int | None = None
         self.branch: str | int = 0
         self.processors: dict = {}  # layer index -> the sparse processor of that layer (they register)
+        self.step_cache = None  # the diffusers step cache apply(cache=...) added (step_cache.StepCache), if any
         self.set_config(config)
 
     def set_config(self, config: SparseAttentionConfig):
@@ -71,6 +72,7 @@ class SparseRuntime:
     def end_generation(self):
         """The pipeline's call has ended (diffusers resets stateful hooks there): the next call
         starts a new generation. Plans and statistics stay readable until then."""
+        self.cache.settle()
         self._ended = True
 
     def begin_call(self, grid: TokenGrid | None, timestep, context=None, device=None):
@@ -122,6 +124,12 @@ class SparseRuntime:
         self._calls_this_step += 1
         self._names_this_step.add(name)
         self._decide(torch.device("cpu") if device is None else device)
+        if self.step_cache is not None:
+            self.step_cache.align(self.step, self.num_steps, self.warmup_steps(), sparse=self.enabled)
+
+    def warmup_steps(self) -> int:
+        """How many of this generation's first steps run dense (`dense_steps`)."""
+        return self.cache.warmup_steps(self.num_steps)
 
     def _decide(self, device):
         """Each registered processor's call for this transformer call (its `current`): None where
@@ -145,7 +153,9 @@ class SparseRuntime:
         return call
 
     def stats(self) -> SparseStats:
-        """Per layer: the kinds and densities of its latest plan per branch; totals."""
+        """Per layer: the kinds and densities of its latest plan per branch; totals; the steps
+        whose sparse calls ran and those a step cache skipped. Call it between transformer calls."""
+        self.cache.settle()
         layers = {}
         for (layer, branch), plan in sorted(self.cache.plans.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
             if plan.patterns is None:  # decided, but its call never ran
@@ -161,7 +171,17 @@ class SparseRuntime:
             layers=layers, layer_indices={self.name: self.layers}, mean_density=self.cache.mean_density(),
             num_profiles=self.cache.num_profiles, dense_calls=self.cache.dense_calls,
             sparse_calls=self.cache.sparse_calls, steps={self.name: steps}, config=self.config,
+            skipped_calls=self.cache.skipped_calls, computed_steps={self.name: self._steps_where(all)},
+            skipped_steps={self.name: self._steps_where(lambda ran: not all(ran))},
         )
+
+    def _steps_where(self, rule) -> list[int]:
+        """The steps whose sparse calls' outcomes (ran or skipped, over layers and branches) pass `rule`."""
+        by_step: dict[int, list[bool]] = {}
+        for outcomes in self.cache.outcomes.values():
+            for step, ran in outcomes.items():
+                by_step.setdefault(step, []).append(ran)
+        return sorted(step for step, ran in by_step.items() if rule(ran))
 
 
 def _scalar(timestep) -> float | None:

@@ -25,8 +25,14 @@ class PlanStats:
 class SparseStats:
     """layers: "<transformer>.<layer index>" -> CFG branch -> PlanStats, for the layers that ran
     sparse; layer_indices: per transformer, every layer with a sparse processor; mean_density:
-    over the sparse calls (None before any); steps: per transformer and branch, the steps that
-    ran dense and sparse; config: the config in force."""
+    over the sparse calls that ran (None before any); steps: per transformer and branch, the steps
+    decided dense and sparse; config: the config in force.
+
+    Under a step cache (diffusers' FirstBlockCache, MagCache, TaylorSeer, ...), which may skip a
+    decided call: sparse_calls and num_profiles count the calls that ran; skipped_calls those a
+    cache skipped; computed_steps / skipped_steps, per transformer, the steps whose sparse calls
+    all ran / of which a cache skipped some or all (dense warm-up steps are in neither: their
+    calls run the model's own attention, which dit_sparse does not track)."""
 
     layers: dict[str, dict[str, PlanStats]]
     layer_indices: dict[str, list[int]]
@@ -36,6 +42,9 @@ class SparseStats:
     sparse_calls: int
     steps: dict[str, dict[str, dict[str, list[int]]]]
     config: SparseAttentionConfig
+    skipped_calls: int = 0
+    computed_steps: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    skipped_steps: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """Plain dicts and lists (JSON-ready)."""
@@ -56,4 +65,7 @@ class SparseStats:
             sparse_calls=sparse,
             steps={k: v for p in parts for k, v in p.steps.items()},
             config=parts[0].config,
+            skipped_calls=sum(p.skipped_calls for p in parts),
+            computed_steps={k: v for p in parts for k, v in p.computed_steps.items()},
+            skipped_steps={k: v for p in parts for k, v in p.skipped_steps.items()},
         )
