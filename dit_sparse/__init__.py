@@ -21,9 +21,11 @@ _MODULES = {  # public name -> the submodule that defines it
     "SparseAttentionConfig": "config",
     "SparseStats": "stats",
     "SparseStats": "stats",
+    "StepCacheError": "step_cache",
     "TokenGrid": "geometry",
     "UnsupportedModelError": "api",
     "apply": "api",
+    "calibrate_mag_cache": "mag_ratios",
     "profile_heads": "profiling",
     "remove": "api",
 }
@@ -34,9 +36,11 @@ if TYPE_CHECKING:
     from .api import SparseAttention, UnsupportedModelError, apply, remove
     from .config import SparseAttentionConfig
     from .geometry import TokenGrid
+    from .mag_ratios import calibrate_mag_cache
     from .pattern_bank import PatternBank
     from .plan_cache import PlanCache
     from .profiling import HeadPlan, profile_heads
+    from .step_cache import StepCacheError
     from .stats import PlanStats, SparseStats
     from .stats import PlanStats, SparseStats
 

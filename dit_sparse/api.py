@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.utils import logging
 
-from . import hooks
+from . import hooks, step_cache
 from .config import SparseAttentionConfig
 from .families import find_family, supported
 from .runtime import SparseRuntime
@@ -31,13 +31,15 @@ class SparseAttention:
 
     `stats()` reports per self-attention layer the head kinds and densities of its latest plan,
     and totals; `reset()` forgets plans and counts; `enabled = False` runs every call dense
-    (through the model's own attention) without removing anything.
+    (through the model's own attention) without removing anything; `set_cache(...)` adds,
+    swaps or (with "none") removes the diffusers step cache it manages.
     """
 
-    def __init__(self, runtimes: dict[str, SparseRuntime], originals: list, transformers: dict):
+    def __init__(self, runtimes: dict[str, SparseRuntime], originals: list, transformers: dict, pipe=None):
         self.runtimes = runtimes
         self._originals = originals  # (attention module, its processor before apply)
         self._transformers = transformers  # name -> transformer
+        self._pipe = pipe  # the pipeline applied to (None for a bare transformer): its timestep for PAB/FasterCache
 
     @property
     def config(self) -> SparseAttentionConfig:
@@ -62,6 +64,29 @@ class SparseAttention:
         for r in self.runtimes.values():
             r.set_config(config)
 
+    @property
+    def cache(self):
+        """The diffusers cache config of the step cache this handle added (one per transformer,
+        all alike), or None."""
+        added = [r.step_cache.config for r in self.runtimes.values() if r.step_cache is not None]
+        return added[0] if added else None
+
+    def set_cache(self, cache):
+        """Add the step cache `cache` (a name of step_cache.CACHE_NAMES or a diffusers cache
+        config; see step_cache.resolve) to every transformer, in place of the one added before;
+        "none" removes it. Nothing changes where the request is refused (step_cache.StepCacheError)."""
+        configs = step_cache.resolve_all(cache, self._transformers, self._pipe)
+        for name, runtime in self.runtimes.items():
+            step_cache.check_free(self._transformers[name], name, runtime.step_cache)
+        for name, runtime in self.runtimes.items():
+            if runtime.step_cache is not None:
+                runtime.step_cache.disable()
+                runtime.step_cache = None
+            if configs[name] is not None:
+                added = step_cache.StepCache(self._transformers[name], configs[name])
+                added.enable()
+                runtime.step_cache = added
+
     def stats(self) -> SparseStats:
         """Per self-attention layer ("<transformer>.<index>") and CFG branch: head kinds and
         densities of the latest plan (layers that never ran sparse are absent; `layer_indices`
@@ -71,7 +96,12 @@ class SparseAttention:
 
     def remove(self):
         """Restore the processors that were there before, with the settings diffusers gave the
-        sparse ones meanwhile (e.g. enable_parallelism after apply), and detach the hooks."""
+        sparse ones meanwhile (e.g. enable_parallelism after apply), detach the hooks, and remove
+        the step cache this handle added."""
+        for runtime in self.runtimes.values():
+            if runtime.step_cache is not None:
+                runtime.step_cache.disable()
+                runtime.step_cache = None
         for module, processor in self._originals:
             _hand_on_settings(module.processor, processor)
             module.set_processor(processor)
@@ -89,7 +119,9 @@ def _hand_on_settings(source, target):
             setattr(target, setting, getattr(source, setting))
 
 
-def _transformers_of(target) -> dict[str, torch.nn.Module]:
+def transformers_of(target) -> dict[str, torch.nn.Module]:
+    """The transformers of a pipeline by attribute name ("transformer", "transformer_2"), or
+    {"transformer": target} for a transformer."""
     from diffusers import DiffusionPipeline
 
     if isinstance(target, DiffusionPipeline):
@@ -108,12 +140,20 @@ def _transformers_of(target) -> dict[str, torch.nn.Module]:
     )
 
 
-def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttention:
+def apply(target, config: SparseAttentionConfig | None = None, cache=None) -> SparseAttention:
     """Give the self-attention layers of a pipeline's transformer(s), or of a transformer,
     sparse processors. Applying again returns the same handle (with `config`, if given), and
     after `torch.compile` of a whole transformer moves the step hook onto the compiled wrapper,
-    outside its compiled region."""
-    outer = _transformers_of(target)
+    outside its compiled region.
+
+    `cache`, in the style of diffusers' `enable_cache`: a step cache to run with the sparse
+    attention, by name ("first-block", "mag", "taylorseer"; "none" removes the one added before)
+    or as a diffusers cache config (FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig,
+    FasterCacheConfig, PyramidAttentionBroadcastConfig); None keeps what is there. The cache is
+    kept from skipping the dense warm-up steps (dit_sparse/step_cache.py), and `remove` removes
+    it. MagCache needs magnitude ratios per model: bundled for the demo model, else calibrate
+    them (`calibrate_mag_cache`, `dit-sparse calibrate`)."""
+    outer = transformers_of(target)
     transformers = {name: hooks.unwrap(t) for name, t in outer.items()}
     handles = {id(h) for t in transformers.values() if (h := getattr(t, HANDLE_ATTRIBUTE, None)) is not None}
     if handles:
@@ -123,6 +163,8 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
                 handle.set_config(config)
             for transformer in outer.values():
                 hooks.attached(transformer).call_site(transformer)
+            if cache is not None:
+                handle.set_cache(cache)
             return handle
         raise ValueError("some of these transformers already have dit_sparse applied on their own; remove it first")
     for name, transformer in transformers.items():
@@ -151,9 +193,15 @@ def apply(target, config: SparseAttentionConfig | None = None) -> SparseAttentio
             "(dense_layers), and so do the first dense_steps=%s steps", name, type(transformer).__name__,
             len(sparse), len(runtime.layers), _ranges(sparse), config.dense_layers, config.dense_steps,
         )
-    handle = SparseAttention(runtimes, originals, transformers)
+    handle = SparseAttention(runtimes, originals, transformers, pipe=None if isinstance(target, torch.nn.Module) else target)
     for transformer in transformers.values():
         setattr(transformer, HANDLE_ATTRIBUTE, handle)
+    if cache is not None:
+        try:
+            handle.set_cache(cache)
+        except step_cache.StepCacheError:
+            handle.remove()  # a refused cache leaves the model as it was
+            raise
     return handle
 
 
@@ -170,7 +218,7 @@ def _ranges(indices: list[int]) -> str:
 
 def remove(target) -> None:
     """Undo `apply`: the original processors come back, the hooks go. No-op if not applied."""
-    for transformer in _transformers_of(target).values():
+    for transformer in transformers_of(target).values():
         handle = getattr(transformer, HANDLE_ATTRIBUTE, None)
         if handle is not None:
             handle.remove()

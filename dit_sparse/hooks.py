@@ -99,3 +99,14 @@ def detach(transformer):
 def attached(transformer) -> StepHook | None:
     registry = getattr(unwrap(transformer), "_diffusers_hook", None)
     return registry.get_hook(HOOK_NAME) if registry is not None else None
+
+
+def registered(module, hook_name: str) -> list:
+    """Every diffusers hook named `hook_name` in `module`'s tree (e.g. a step cache's block hooks)."""
+    found = []
+    for submodule in unwrap(module).modules():
+        registry = getattr(submodule, "_diffusers_hook", None)
+        hook = registry.get_hook(hook_name) if registry is not None else None
+        if hook is not None:
+            found.append(hook)
+    return found
