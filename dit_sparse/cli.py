@@ -1,7 +1,9 @@
-"""The `dit-sparse` command: generate, compare, bench, info.
+"""The `dit-sparse` command: generate, compare, calibrate, bench, info.
 
     dit-sparse generate --prompt "a red circle moving left on a blue background" --output clip.mp4
+    dit-sparse generate --prompt "a red circle moving left on a blue background" --cache mag --output clip.mp4
     dit-sparse compare --prompts examples/prompts.txt --seeds 0,1 --presets dense,balanced,fast --out report/
+    dit-sparse calibrate --model DIR --prompts examples/prompts.txt --output mag_ratios.json
     dit-sparse bench --shapes wan480
     dit-sparse info
 
@@ -21,6 +23,12 @@ from .bench_options import add_arguments as bench_arguments
 # The parser imports neither torch nor diffusers, so --help is quick; dit_sparse.commands does the work.
 EXIT_USAGE = 2
 PRESET_CHOICES = ("dense", "quality", "balanced", "fast")  # compare.PRESET_NAMES, without importing torch
+CACHE_CHOICES = ("none", "first-block", "mag", "taylorseer")  # step_cache.CACHE_NAMES, without importing torch
+CACHE_HELP = (
+    "a diffusers step cache to run with the sparse attention (default none): first-block (FirstBlockCache), mag "
+    "(MagCache: its magnitude ratios are bundled for the demo model; other models need --mag-ratios from "
+    "dit-sparse calibrate), taylorseer (TaylorSeer, lite mode). The cache never skips the dense warm-up steps"
+)
 PRESET_HELP = (
     "one of dense, quality, balanced, fast (default balanced). quality, balanced and fast accept more and more "
     "attention error after fewer dense steps, so each can go sparser than the one before; how sparse depends on the checkpoint (dit-sparse compare shows it). The speed-up needs a GPU: on "
@@ -48,7 +56,7 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
-def _model_options(p: argparse.ArgumentParser):
+def _model_options(p: argparse.ArgumentParser, media: bool = True):
     g = p.add_argument_group("model and generation")
     g.add_argument("--model", help="local diffusers pipeline folder or hub id (default: the bundled demo model)")
     g.add_argument("--negative-prompt")
@@ -63,13 +71,21 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--cpu-offload", action="store_true", help="keep only the running component on the GPU")
     g.add_argument("--compile", action="store_true", help="compile the transformer's blocks (torch.compile, "
                    "fullgraph) as diffusers documents; the first steps pay the compilation, whose time is printed")
-    g.add_argument("--fps", type=int, default=16, help="frames per second of written videos")
+    if media:
+        g.add_argument("--fps", type=int, default=16, help="frames per second of written videos")
+
+
+def _sparse_options(p: argparse.ArgumentParser):
     s = p.add_argument_group("sparse attention (overrides of the preset)")
     s.add_argument("--dense-steps", type=_dense_steps, help="first steps with full attention: fraction or count")
     s.add_argument("--dense-layers", type=int)
     s.add_argument("--refresh-every", type=int, help="re-profile every N sparse steps (0 = once)")
     s.add_argument("--density", type=float, help="fixed density per head (Sparse VideoGen style)")
     s.add_argument("--recall", type=float, help="attention mass a head's band must keep")
+    c = p.add_argument_group("step cache")
+    c.add_argument("--cache", choices=CACHE_CHOICES, default="none", help=CACHE_HELP)
+    c.add_argument("--mag-ratios", type=Path, help="MagCache's magnitude ratios for this model: the JSON file "
+                   "dit-sparse calibrate wrote (needed with --cache mag for any model but the demo model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate one video or image")
     _model_options(g)
+    _sparse_options(g)
     g.add_argument("--prompt", required=True)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--preset", default="balanced", help=PRESET_HELP)
@@ -87,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Dense against sparse presets from the same prompts and seeds: speed-up, mean "
                        "density, PSNR and SSIM against dense, side-by-side videos and plots. " + LPIPS_NOTE)
     _model_options(c)
+    _sparse_options(c)
     c.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     c.add_argument("--prompts", type=Path, help="text file, one prompt per line (e.g. examples/prompts.txt)")
     c.add_argument("--seeds", type=_seeds, default=[0])
@@ -94,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(PRESET_CHOICES)}; --density and --recall apply to each sparse one")
     c.add_argument("--out", type=Path, default=Path("dit_sparse_compare"))
     c.add_argument("--no-warmup", action="store_true", help="skip the short untimed warm-up generations")
+
+    m = sub.add_parser("calibrate", help="measure MagCache's magnitude ratios of a model (for --cache mag)",
+                       description="Run the model dense with diffusers' MagCache in calibration mode (nothing skipped) "
+                       "over the prompts and seeds, and write the per-step magnitude ratios, averaged, as JSON for "
+                       "--mag-ratios. Calibrate with the step count and size you generate at (other step counts are "
+                       "interpolated).")
+    _model_options(m, media=False)
+    m.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    m.add_argument("--prompts", type=Path, help="text file, one prompt per line (e.g. examples/prompts.txt)")
+    m.add_argument("--seeds", type=_seeds, default=[0])
+    m.add_argument("--output", type=Path, default=Path("mag_ratios.json"), help="JSON file to write")
 
     bench_help = "time the Triton kernels against cuDNN and FlexAttention (GPU)"
     bench_arguments(sub.add_parser("bench", help=bench_help, description=bench_help))

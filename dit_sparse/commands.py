@@ -7,11 +7,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import generation as gen
-from .api import apply
+from . import mag_ratios, step_cache
+from .api import apply, transformers_of
 from .compare import compare, preset_config
 from .media import save_frames, video_suffix
 
@@ -22,6 +23,8 @@ def run(args, command_line: str) -> int:
         return info()
     if args.command == "bench":
         return bench(args, command_line)
+    if args.command == "calibrate":
+        return calibrate_command(args, command_line)
     return generate_command(args, command_line) if args.command == "generate" else compare_command(args, command_line)
 
 
@@ -35,6 +38,21 @@ def _overrides(args) -> dict:
                 density=args.density, recall=args.recall)
 
 
+def _cache(args):
+    """What --cache and --mag-ratios ask for, as `apply(cache=...)` takes it (None: no cache)."""
+    if args.mag_ratios is not None and args.cache != "mag":
+        raise gen.GenerationError(f"--mag-ratios is MagCache's: add --cache mag (got --cache {args.cache}).")
+    if args.cache == "mag" and args.mag_ratios is not None:
+        from diffusers.hooks import MagCacheConfig
+
+        try:
+            ratios = mag_ratios.load(args.mag_ratios)
+        except ValueError as e:
+            raise gen.GenerationError(f"--mag-ratios: {e}; write the file with dit-sparse calibrate.") from None
+        return MagCacheConfig(mag_ratios=ratios, num_inference_steps=len(ratios))
+    return None if args.cache == "none" else args.cache
+
+
 def _model(args):
     """The pipeline folder of `args`, whether it is the demo model, and its pipeline's spec."""
     path, is_demo = gen.resolve_model(args.model)
@@ -43,7 +61,7 @@ def _model(args):
 
 def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec):
     """Load the pipeline, check the request, and return what a generation needs."""
-    if args.fps < 1:
+    if getattr(args, "fps", 1) < 1:
         raise gen.GenerationError(f"--fps {args.fps} must be at least 1.")
     device, warning = gen.pick_device(args.device)
     if warning:
@@ -71,13 +89,20 @@ def generate_command(args, command_line: str) -> int:
     path, is_demo, spec = _model(args)
     output = Path(args.output) if args.output else Path("dit_sparse_output" + (".mp4" if spec.video else ".png"))
     gen.check_output(output, spec)
+    cache = _cache(args)
     pipe, request, meta = _setup(args, args.prompt, path, is_demo, spec)
-    handle = apply(pipe, config) if config is not None else None
+    try:
+        handle = apply(pipe, config, cache=cache) if config is not None else None
+        if config is None and cache is not None:  # the cache alone, with the model's own attention
+            step_cache.add(pipe, cache, transformers_of(pipe))
+    except step_cache.StepCacheError as e:
+        raise gen.GenerationError(str(e)) from None
     result = gen.generate(pipe, spec, request, handle)
     save_frames(result.frames, output, fps=args.fps)
     sidecar = output.with_suffix(".json")
     sidecar.write_text(json.dumps(dict(
         meta, command=command_line, preset=args.preset, config=asdict(config) if config else None,
+        cache=args.cache, mag_ratios=str(args.mag_ratios) if args.mag_ratios else None,
         request=asdict(request), wall_s=result.wall_s, transformer_s=result.transformer_s,
         transformer_s_per_step=result.transformer_s_per_step, steps=result.steps,
         frames=list(result.frames.shape), stats=result.stats,
@@ -85,7 +110,8 @@ def generate_command(args, command_line: str) -> int:
     ), indent=1))
     print(f"wrote {output} ({result.frames.shape[0]} frames, {result.frames.shape[2]}x{result.frames.shape[1]}) and {sidecar}")
     print(f"wall time {result.wall_s:.1f} s; transformer {result.transformer_s:.1f} s "
-          f"({result.transformer_s_per_step:.2f} s/step over {result.steps} steps); preset {args.preset}")
+          f"({result.transformer_s_per_step:.2f} s/step over {result.steps} steps); preset {args.preset}"
+          + ("" if args.cache == "none" else f", step cache {args.cache}"))
     print(gen.sparsity_summary(result.stats))
     if args.compile:
         print(f"compile time {gen.compile_seconds():.1f} s (within the wall time: the first steps compiled the blocks)")
@@ -99,7 +125,7 @@ def _prompts(args) -> list[str]:
             raise gen.GenerationError(f"--prompts {args.prompts} is not a file; give a text file with one prompt per line.")
         prompts += [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise gen.GenerationError("compare needs at least one prompt: --prompt TEXT (repeatable) or --prompts FILE.")
+        raise gen.GenerationError(f"{args.command} needs at least one prompt: --prompt TEXT (repeatable) or --prompts FILE.")
     return prompts
 
 
@@ -109,15 +135,19 @@ def compare_command(args, command_line: str) -> int:
     configs = {name: preset_config(name, _overrides(args)) for name in presets if name != "dense"}
     if not args.seeds:
         raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
+    cache = _cache(args)
     path, is_demo, spec = _model(args)
     pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec)
     suffix, problem = video_suffix()
     if problem is not None:  # say so now, not after the first clip
         print(f"note: {problem}; the side-by-side videos are written as GIF", file=sys.stderr)
     start = time.perf_counter()
-    report = compare(pipe, spec, prompts=prompts, seeds=args.seeds, configs=configs, request=request, out_dir=args.out,
-                     fps=args.fps, warmup=not args.no_warmup, video_suffix=suffix,
-                     meta=dict(meta, command=command_line))
+    try:
+        report = compare(pipe, spec, prompts=prompts, seeds=args.seeds, configs=configs, request=request,
+                         out_dir=args.out, fps=args.fps, warmup=not args.no_warmup, video_suffix=suffix,
+                         meta=dict(meta, command=command_line), cache=cache, cache_name=args.cache)
+    except step_cache.StepCacheError as e:
+        raise gen.GenerationError(str(e)) from None
     print(f"compared {', '.join(report['summary'])} on {len(prompts)} prompt(s) x {len(args.seeds)} seed(s) "
           f"in {time.perf_counter() - start:.0f} s")
     for name, row in report["summary"].items():
@@ -127,6 +157,33 @@ def compare_command(args, command_line: str) -> int:
     print(f"report: {args.out / 'report.md'}")
     if args.compile:
         print(f"compile time {gen.compile_seconds():.1f} s (mostly in the untimed warm-up generations)")
+    return 0
+
+
+def calibrate_command(args, command_line: str) -> int:
+    """MagCache's magnitude ratios of the model over the prompts and seeds, written as JSON."""
+    prompts = _prompts(args)
+    if not args.seeds:
+        raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
+    path, is_demo, spec = _model(args)
+    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec)
+    if request.steps is None:  # the pipeline's default step count, stated so that every call has it
+        request = replace(request, steps=gen.default_steps(pipe))
+    calls = [dict(gen.call_kwargs(pipe, spec, replace(request, prompt=prompt, seed=seed)), output_type="latent")
+             for prompt in prompts for seed in args.seeds]
+    start = time.perf_counter()
+    try:
+        ratios = mag_ratios.calibrate_mag_cache(pipe, calls)
+    except ValueError as e:
+        raise gen.GenerationError(f"calibration failed: {e}.") from None
+    seconds = time.perf_counter() - start
+    about = {k: v for k, v in meta.items() if k != "path"}  # the model as named, not this machine's folder
+    written = mag_ratios.save(args.output, ratios, pipe.transformer, **about, command=command_line, prompts=prompts,
+                              seeds=args.seeds, request=asdict(request), seconds=round(seconds, 1))
+    shown = ", ".join(f"{r:.3f}" for r in ratios["mag_ratios"])
+    print(f"calibrated MagCache on {len(calls)} generation(s) of {request.steps} steps in {seconds:.0f} s")
+    print(f"magnitude ratios: [{shown}]")
+    print(f"wrote {written}; use it with --cache mag --mag-ratios {written}")
     return 0
 
 

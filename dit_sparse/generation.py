@@ -325,6 +325,11 @@ def call_kwargs(pipe, spec: PipelineSpec, request: GenerationRequest) -> dict:
     return kwargs
 
 
+def default_steps(pipe) -> int:
+    """The pipeline's own default number of denoising steps (its call's `num_inference_steps`)."""
+    return inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+
+
 def generate(pipe, spec: PipelineSpec, request: GenerationRequest, handle=None) -> GenerationResult:
     """Run one generation; `handle` (from dit_sparse.apply) is reset first and its stats kept."""
     kwargs = call_kwargs(pipe, spec, request)
@@ -368,5 +373,7 @@ def sparsity_summary(stats: dict | None) -> str:
     mix = ", ".join(f"{100 * n / total:.0f}% {k}" for k, n in kinds.items()) if total else "no sparse layer ran"
     density = stats["mean_density"]
     density_text = f"{density:.3f}" if density is not None else "n/a"
+    skipped = {step for steps in stats.get("skipped_steps", {}).values() for step in steps}
+    cache = f"; the step cache skipped (some of) the sparse calls of {len(skipped)} steps" if skipped else ""
     return (f"sparsity: mean density {density_text} over {stats['sparse_calls']} sparse attention calls "
-            f"({stats['dense_calls']} dense); heads: {mix}; {stats['num_profiles']} profiles")
+            f"({stats['dense_calls']} dense); heads: {mix}; {stats['num_profiles']} profiles{cache}")
