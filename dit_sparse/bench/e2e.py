@@ -30,7 +30,12 @@ from .trace import trace_step
 
 FULL_LOOP_CONFIGS = ("dense", "svg", "balanced")
 LOOP_TOLERANCE = 0.03
-EQUAL_REL_L2 = 2 ** -7  # compiled and eager outputs agree within bf16 rounding: relative L2 <= bf16's epsilon
+EQUAL_REL_L2 = 2 ** -7  # bf16's epsilon
+EQUAL_FACTOR = 1.1
+"""Compiled equals eager for a sparse config when their outputs differ by no more than stock dense's
+compiled and eager outputs do (x EQUAL_FACTOR), or by at most EQUAL_REL_L2: Inductor's fused
+kernels round bf16 differently from eager's op-by-op code, and over many random-weight blocks
+that alone is ~1.5% relative L2 on the H200."""
 
 
 @dataclass(frozen=True)
@@ -139,12 +144,26 @@ def compose(config: SparseAttentionConfig, dense_s: float, profile_s: float, cac
 
 def agreement(output: torch.Tensor, reference: torch.Tensor) -> dict:
     """How close two outputs of the same call are: relative L2 error, largest absolute error
-    (beside the largest absolute value), cosine similarity, and whether they are equal within
-    EQUAL_REL_L2."""
+    (beside the largest absolute value) and cosine similarity."""
     a, b = output.float().flatten(), reference.float().flatten()
     rel_l2 = float((a - b).norm() / b.norm().clamp_min(1e-30))
     return dict(rel_l2=rel_l2, max_abs=float((a - b).abs().max()), expected_max_abs=float(b.abs().max()),
-                cosine=float(torch.nn.functional.cosine_similarity(a, b, dim=0)), equal=rel_l2 <= EQUAL_REL_L2)
+                cosine=float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+
+
+def judge_agreement(records: list[dict]) -> None:
+    """Mark each sparse record's compiled-vs-eager agreement equal or not against the tolerance
+    its model's stock dense record sets (EQUAL_FACTOR); the dense record is the reference."""
+    dense = next((r["compiled_vs_eager"] for r in records if r["config"] == "dense" and r.get("compiled_vs_eager")), None)
+    for r in records:
+        match = r.get("compiled_vs_eager")
+        if not match:
+            continue
+        if r["config"] == "dense":
+            match.update(tolerance=None, equal=None)
+            continue
+        tolerance = max(EQUAL_REL_L2, EQUAL_FACTOR * dense["rel_l2"]) if dense else EQUAL_REL_L2
+        match.update(tolerance=tolerance, equal=match["rel_l2"] <= tolerance)
 
 
 def eager_reference(first_call, t) -> torch.Tensor:
@@ -347,6 +366,7 @@ def model_records(bench: ModelUnderTest, dense: DenseStep, sparse: SparseRuns,
             dense_steps=cfg.dense_steps, dense_layers=cfg.dense_layers, refresh_every=cfg.refresh_every,
             density=cfg.density, recall=cfg.recall, compiled_vs_eager=m.compiled_vs_eager,
         ))
+    judge_agreement(records)
     return records
 
 
