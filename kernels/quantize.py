@@ -141,8 +141,10 @@ def _to_format(x, LIMIT: tl.constexpr, INT8: tl.constexpr, ROUND_FIRST: tl.const
     nearest even, through the float adder)."""
     x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
     if INT8:
-        return (x + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
-    return to_fp8(x, ROUND_FIRST)
+        y = (x + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
+    else:
+        y = to_fp8(x, ROUND_FIRST)
+    return y
 
 
 @triton.jit

@@ -12,9 +12,10 @@ The same block lists, head templates, reordered heads and output layout as
   of fp8 tensor cores accumulate with fewer bits than float32). The row sum takes the unrounded
   P. The value tile's scale and the running-max correction are one factor per row.
 
-"int8" Q·Kᵀ with "int8" P·V keeps a relative L2 error under 2% on random inputs, where fp8 P·V
-(three mantissa bits for P and V) is near 4%: the output of near-uniform attention over
-zero-mean values is a sum that cancels, so the rounding errors of P and V do not shrink with it.
+"int8" Q·Kᵀ with "int8" P·V keeps the relative L2 error near 2% on random inputs, where fp8 P·V
+(three mantissa bits for P and V) is near 4% (docs/results/kernels_notes.md): the output of
+near-uniform attention over zero-mean values is a sum that cancels, so the rounding errors of P
+and V do not shrink with it.
 
 q, k and v are quantized by one pass (`quantize_qkv`), which also writes the reordered heads
 position-major, so every tile of the attention kernel moves by TMA and only the output of
@@ -56,13 +57,16 @@ keeps a key tile with no valid key, past the sequence's end, finite)."""
 
 
 def default_quantized_config(block_size: int, device: torch.device | str | None = None) -> KernelConfig:
-    """128 x 64 tiles, 4 warps, 2 stages; key lists rotated by launch phase over 2 x SMs resident
-    programs on a CUDA device, as the bf16 kernel's default. `block_n` is also the granularity of
-    the k and v scales."""
+    """128 x 128 tiles, 8 warps, 3 stages: the fastest of the tiles tried on an H200 for both
+    formats (docs/results/kernels_quantized_h200.md: 1.7 to 1.8x faster than the bf16 kernel's
+    128 x 64, 4 warps, 2 stages); smaller blocks take block-sized tiles and 4 warps. Key lists
+    rotated by launch phase over 2 x SMs resident programs on a CUDA device, as the bf16
+    kernel's default. `block_n` is also the granularity of the k and v scales."""
     sms = 0
     if device is not None and torch.device(device).type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return KernelConfig(min(128, block_size), min(64, block_size), num_warps=4, num_stages=2, tma=True,
+    tile = min(128, block_size)
+    return KernelConfig(tile, tile, num_warps=8 if tile == 128 else 4, num_stages=3 if tile == 128 else 2, tma=True,
                         tail_branch=True, resident_programs=2 * sms)
 
 
