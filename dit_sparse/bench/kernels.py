@@ -8,6 +8,7 @@ mask on a slice of query rows, and measures the explicit token reorder against t
     dit-sparse bench --shapes wan480,wan720 --out docs/results
     python scripts/bench_kernels.py --sweep --shapes wan480          # tile/pipeline configs
     python scripts/bench_kernels.py --phase --shapes wan720,hunyuan720  # key lists phased or not
+    python scripts/bench_kernels.py --quantized --shapes wan480,wan720,hunyuan720  # int8 / fp8 kernel
 
 Writes kernels_<gpu>.json (a list of records; e.g. kernels_h100) and kernels_<gpu>.md, merging with records of
 other shapes already there, so one GPU run per shape group builds up the whole table.
@@ -343,7 +344,11 @@ def markdown(records, command, device):
 
 def parser(ap: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     ap = ap or argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_arguments(ap)
+    add_arguments(ap)
+    ap.add_argument("--quantized", action="store_true", help="time the quantized (int8 / fp8) kernel against the "
+                    "bf16 one and cuDNN instead (dit_sparse/bench/quantized_kernels.py); with --sweep, its tile "
+                    "configs first")
+    return ap
 
 
 def run(args) -> dict:
@@ -357,6 +362,15 @@ def run(args) -> dict:
         raise ValueError(f"--shapes: unknown shape {unknown}; choose from {list(SHAPES)}")
     if args.sweep and args.phase:
         raise ValueError("--sweep and --phase are two different runs; choose one")
+    command = getattr(args, "command", None) or "python scripts/bench_kernels.py " + " ".join(sys.argv[1:])
+    if getattr(args, "quantized", False):
+        from . import quantized_kernels
+
+        if args.phase:
+            raise ValueError("--quantized and --phase are two different runs; choose one")
+        if "cogvideox" in names:
+            raise ValueError("--quantized times the three long shapes (wan480, wan720, hunyuan720)")
+        return quantized_kernels.run(names, SHAPES, Path(args.out), command, args.sweep)
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)
@@ -374,7 +388,6 @@ def run(args) -> dict:
     kind = "kernel_phase_" if args.phase else "kernel_sweep_" if args.sweep else "kernels_"
     stem = kind + gpu_tag(device)
     path = out / f"{stem}.json"
-    command = getattr(args, "command", None) or "python scripts/bench_kernels.py " + " ".join(sys.argv[1:])
     if not args.sweep and path.exists():  # one table per GPU, built up over runs of shape groups
         shapes = {tuple(r["shape"]) for r in records}
         records = [r for r in json.loads(path.read_text()) if tuple(r["shape"]) not in shapes] + records
