@@ -123,7 +123,7 @@ def sparse_run(bench: ModelUnderTest, calls: StepCalls, sparse, repeats: int, de
     outputs = [calls.first_call(t0), calls.first_call(t1)]  # a profiling step, then a step under its plans
     plans = plan_patterns(handle)
     expected = (bench.num_layers - sparse.dense_layers) * len(bench.workload.calls)
-    m = measure_sparse(handle, calls.step, calls.first_call, t0, t1, repeats, device, expected)
+    m = measure_sparse(handle, calls, t0, t1, repeats, device, expected)
     warmup_s = measure_warmup(handle, calls.step, t0, sparse, bench.num_layers, repeats, device)
     dit_sparse.remove(calls.module)
     times = dict(profile_s_per_step=slowest(m.profile_s, device), cached_s_per_step=slowest(m.cached_s, device),
