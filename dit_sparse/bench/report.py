@@ -170,3 +170,39 @@ def multigpu_markdown(record: dict) -> str:
                   "global head.", "", f"Command: `{record['command']}`; torch {record['versions']['torch']}, diffusers "
                   f"{record['versions']['diffusers']}."]
     return "\n".join(lines) + "\n"
+
+
+def step_cache_markdown(data: dict) -> str:
+    """The sparse + step cache benchmark's table (dit_sparse/bench/step_cache.py)."""
+    records = data["records"]
+    tiny = any(r["tiny"] for r in records)
+    lines = [
+        f"# Sparse attention with step caches, end to end ({', '.join(sorted({r['device'] for r in records}))})", "",
+        *(["`--tiny`: scaled-down models on the CPU, a check of the code path; its times mean nothing.", ""]
+          if tiny else []),
+        "Full-size transformers, random weights in bf16, called as their pipelines call them (each call inside "
+        "`cache_context`). A cache's decisions on random weights mean nothing, so each cache is timed with its "
+        "decisions forced: a computed step (its bookkeeping included) and a skipped step. 50-step totals follow "
+        "the skip schedule named in the source column (the steps the cache skipped on the bundled demo model at "
+        "the chosen setting, resampled to 50 steps); our dense warm-up steps are never skipped. Speed-ups are "
+        "over 50 stock dense steps of the same baseline. Measured = a real 50-step loop at the chosen setting, "
+        "against the total composed from the steps that loop skipped (must agree within 3%).", "",
+        "| model | H x W x F | baseline | config | cache | dense s/step | computed s/step | skipped s/step | "
+        "skipped steps | 50 steps s | speed-up | measured 50 steps s | schedule source |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        computed = r.get("computed_s_per_step", r.get("cached_s_per_step"))
+        measured = (f"{r['measured_total_s']:.1f} ({r['measured_vs_composed']:+.1%} of {r['loop_composed_s']:.1f})"
+                    if "measured_total_s" in r else "")
+        lines.append(
+            f"| {r['model']} | {r['height']}x{r['width']}x{r['num_frames']} | {r['baseline']} | {r['config']} | "
+            f"{r['cache']} | {r['dense_s_per_step']:.3f} | {'-' if computed is None else f'{computed:.3f}'} | "
+            f"{r['skipped_s_per_step']:.3f} | " if "skipped_s_per_step" in r else
+            f"| {r['model']} | {r['height']}x{r['width']}x{r['num_frames']} | {r['baseline']} | {r['config']} | "
+            f"{r['cache']} | {r['dense_s_per_step']:.3f} | {'-' if computed is None else f'{computed:.3f}'} | - | "
+        )
+        lines[-1] += (f"{r.get('n_skipped_steps', 0)} | {r['total_s']:.1f} | {r['speedup']:.2f}x | {measured} | "
+                      f"{r.get('schedule_source', '')} |")
+    lines += ["", f"Command: `{data['command']}`"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,268 @@
+"""Sparse attention with diffusers' step caches, end to end: the steps a cache computes and the
+steps it skips, timed on the full-size architectures, composed into 50-step totals from a skip
+schedule, and checked against real 50-step loops.
+
+On random weights a cache's skip decisions mean nothing, so each cache is timed twice with its
+decisions forced: once computing every step (its bookkeeping included) and once skipping every
+step it can. The totals then follow a schedule: the steps the cache skipped on the bundled demo
+model at the chosen setting (`--schedules`, written by the quality study), or, where none is
+given, the schedule the cache makes itself in the real loop. MagCache's and TaylorSeer's
+decisions depend only on their settings (MagCache's on its calibrated ratios, not on the
+activations), so on the full-size models they skip exactly the demo model's steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+import dit_sparse
+
+from .e2e import BASELINES, ProgressLog, measure_dense, measure_sparse, measure_warmup, measurement_config, profile_steps
+from .models import ModelUnderTest, prepare_model
+from .sdpa import sdpa_priority
+from .specs import SPECS, STEPS, sparse_configs
+from .timing import gpu_tag, sync, wall_seconds
+
+CACHES = ("first-block", "mag", "taylorseer")
+LOOP_TOLERANCE = 0.03
+NEVER_SKIP_BEFORE = 10**6  # a step index no generation reaches
+
+
+def forced_cache(cache: str, skip: bool, dtype: torch.dtype):
+    """A config of `cache` that computes every step (skip=False, its bookkeeping still done) or
+    skips every step it can once it has what it needs (skip=True)."""
+    if cache == "first-block":
+        return FirstBlockCacheConfig(threshold=1e9 if skip else -1.0)
+    if cache == "mag":  # skips where the accumulated error is <= the threshold
+        return MagCacheConfig(threshold=1e9 if skip else -1.0, max_skip_steps=10**6, retention_ratio=0.0,
+                              num_inference_steps=STEPS, mag_ratios=torch.ones(STEPS))
+    if cache == "taylorseer":
+        return TaylorSeerCacheConfig(use_lite_mode=True, taylor_factors_dtype=dtype, cache_interval=10**6,
+                                     disable_cache_before_step=2 if skip else NEVER_SKIP_BEFORE)
+    raise ValueError(f"unknown cache {cache!r}: choose from {CACHES}")
+
+
+def resample(skipped: list[bool], steps: int = STEPS) -> list[bool]:
+    """A skip schedule of another step count mapped onto `steps` steps (nearest step by position)."""
+    n = len(skipped)
+    return [skipped[min(n - 1, round(i * (n - 1) / max(1, steps - 1)))] for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class ContextCalls:
+    """The transformer called as its pipeline calls it under a step cache: each call of a step
+    inside `cache_context(name, step_index=i)` (cond, then uncond where there are two)."""
+
+    model: torch.nn.Module
+    bench: ModelUnderTest
+
+    def step(self, t, index: int):
+        calls = self.bench.workload.calls
+        names = ("cond", "uncond")[: len(calls)] if len(calls) <= 2 else [f"call{i}" for i in range(len(calls))]
+        for name, kwargs in zip(names, calls):
+            with self.model.cache_context(name, step_index=index, num_inference_steps=STEPS):
+                self.model(**kwargs, timestep=t, return_dict=False)
+
+    def new_generation(self):
+        """What the end of a pipeline call does: every stateful hook (the caches', ours) reset."""
+        self.model._diffusers_hook.reset_stateful_hooks()
+
+    def loop(self, timesteps):
+        self.new_generation()
+        for i, t in enumerate(timesteps):
+            self.step(t, i)
+
+
+def time_forced_step(calls: ContextCalls, timesteps, device, repeats: int, skip: bool, handle=None) -> float:
+    """Median seconds of step 2 of a generation (steps 0 and 1 untimed: the first profiling and
+    what the cache needs before it can skip), which the forced cache must skip or compute (checked
+    in the runtime's statistics where `handle`, dit_sparse's, is given)."""
+    seconds = []
+    for _ in range(repeats + 1):  # the first round compiles and warms up
+        calls.new_generation()
+        calls.step(timesteps[0], 0)
+        calls.step(timesteps[1], 1)
+        seconds.append(wall_seconds(lambda: calls.step(timesteps[2], 2), device))
+        if handle is not None:
+            calls.step(timesteps[3], 3)  # settles step 2's calls in the statistics
+            skipped = 2 in next(iter(handle.stats().skipped_steps.values()), [])
+            if skipped != skip:
+                raise RuntimeError(f"the forced cache {'computed' if skip else 'skipped'} step 2, expected the opposite")
+    return statistics.median(seconds[1:])
+
+
+def time_cache(calls: ContextCalls, cache: str, device, dtype, repeats: int, handle=None) -> "CacheSteps":
+    """A cache's skipped and computed step, forced; on stock dense (the transformer's own
+    `enable_cache`) without `handle`, else through dit_sparse's handle."""
+    times = {}
+    for skip in (True, False):
+        config = forced_cache(cache, skip, dtype)
+        if handle is None:
+            calls.model.enable_cache(config)
+        else:
+            handle.set_cache(config)
+        times[skip] = time_forced_step(calls, calls.bench.timesteps, device, repeats, skip, handle)
+        if handle is None:
+            calls.model.disable_cache()
+    if handle is not None:
+        handle.set_cache("none")
+    return CacheSteps(computed_s=times[False], skipped_s=times[True])
+
+
+@dataclass(frozen=True)
+class CacheSteps:
+    """A cache's computed step (a cached sparse step with the cache's bookkeeping) and skipped step."""
+
+    computed_s: float
+    skipped_s: float
+
+
+def compose(config, steps: dict, skipped: list[bool], cache: CacheSteps, overhead: float) -> dict:
+    """The 50-step total of sparse `config` with a cache skipping the steps `skipped` marks; our
+    dense warm-up steps are never skipped (the cache is held there). `steps`: warm-up, profile and
+    cached seconds without the cache; `overhead`: what the cache adds to a computed step."""
+    n_dense = config.num_dense_steps(len(skipped))
+    n_skipped = sum(skipped[n_dense:])
+    n_computed = len(skipped) - n_dense - n_skipped
+    n_profile = profile_steps(n_computed, config.refresh_every)
+    total = (n_dense * (steps["warmup"] + overhead) + n_profile * (steps["profile"] + overhead)
+             + (n_computed - n_profile) * cache.computed_s + n_skipped * cache.skipped_s)
+    return dict(n_dense_steps=n_dense, n_profile_steps=n_profile, n_cached_steps=n_computed - n_profile,
+                n_skipped_steps=n_skipped, total_s=total)
+
+
+def compose_cache_alone(dense_s: float, skipped: list[bool], dense_cache: CacheSteps, overhead: float) -> dict:
+    """The 50-step total of stock dense with the cache alone."""
+    n_skipped = sum(skipped)
+    return dict(n_skipped_steps=n_skipped, total_s=(len(skipped) - n_skipped) * (dense_s + overhead)
+                + n_skipped * dense_cache.skipped_s)
+
+
+def loop_schedule(handle, dense_steps: int) -> list[bool]:
+    """The steps of the last loop that the cache skipped (from the runtime's statistics)."""
+    skipped = set(next(iter(handle.stats().skipped_steps.values()), []))
+    return [i in skipped and i >= dense_steps for i in range(STEPS)]
+
+
+def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repeats: int, tiny: bool,
+              full_loop: bool, device, dtype, log: ProgressLog) -> list[dict]:
+    """Every record of one model: stock dense, each cache alone, each sparse config with each cache."""
+    spec = SPECS[key]
+    progress = log.for_model(f"{key} {baseline} + caches")
+    bench = prepare_model(spec, tiny, device, dtype, progress)
+    step_calls = BASELINES[baseline](bench.model, bench.workload)
+    calls = ContextCalls(step_calls.module, bench)
+    configs = {k: v for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in ("svg", "fast")}
+    timesteps = bench.timesteps
+    records = []
+    with torch.no_grad(), sdpa_priority():
+        dense = measure_dense(bench, step_calls, repeats, device, progress)
+        dense_caches = {}
+        for cache in caches:
+            dense_caches[cache] = d = time_cache(calls, cache, device, dtype, repeats)
+            progress(f"dense + {cache}: computed step {d.computed_s:.3f} s, skipped step {d.skipped_s:.3f} s")
+        handle = dit_sparse.apply(calls.model, measurement_config(configs["svg"]))
+        steps, sparse_caches = {}, {}
+        for name, cfg in configs.items():
+            handle.set_config(measurement_config(cfg))
+            m = measure_sparse(handle, step_calls, timesteps[0], timesteps[1], repeats, device,
+                               (bench.num_layers - cfg.dense_layers) * len(bench.workload.calls))
+            steps[name] = dict(profile=m.profile_s, cached=m.cached_s)
+            for cache in caches:
+                sparse_caches[name, cache] = c = time_cache(calls, cache, device, dtype, repeats, handle)
+                progress(f"{name} + {cache}: computed step {c.computed_s:.3f} s, skipped step {c.skipped_s:.3f} s")
+        warmup_s = measure_warmup(handle, step_calls.step, timesteps[0], configs["svg"], bench.num_layers, repeats, device)
+        for name in configs:
+            steps[name]["warmup"] = warmup_s
+        base = dict(key=key, model=spec.model, height=bench.size[0], width=bench.size[1], num_frames=bench.size[2],
+                    tokens=bench.num_tokens, baseline=baseline, steps=STEPS, dense_s_per_step=dense.seconds,
+                    total_dense_s=STEPS * dense.seconds, tiny=tiny,
+                    device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+        records.append(dict(base, config="dense", cache="none", total_s=STEPS * dense.seconds, speedup=1.0))
+        for name, cfg in configs.items():
+            total = compose(cfg, steps[name], [False] * STEPS, CacheSteps(steps[name]["cached"], 0.0), 0.0)
+            records.append(dict(base, config=name, cache="none", **total, speedup=base["total_dense_s"] / total["total_s"],
+                                **{f"{k}_s_per_step": v for k, v in steps[name].items()}))
+        for cache in caches:
+            schedule = schedules.get(cache)
+            if schedule is None:
+                continue
+            skipped = resample(schedule["skipped"])
+            d = dense_caches[cache]
+            alone = compose_cache_alone(dense.seconds, skipped, d, d.computed_s - dense.seconds)
+            records.append(dict(base, config="dense", cache=cache, **alone, speedup=base["total_dense_s"] / alone["total_s"],
+                                computed_s_per_step=d.computed_s, skipped_s_per_step=d.skipped_s,
+                                schedule_source=schedule.get("source", "")))
+            for name, cfg in configs.items():
+                s = sparse_caches[name, cache]
+                total = compose(cfg, steps[name], skipped, s, s.computed_s - steps[name]["cached"])
+                records.append(dict(base, config=name, cache=cache, **total, speedup=base["total_dense_s"] / total["total_s"],
+                                    computed_s_per_step=s.computed_s, skipped_s_per_step=s.skipped_s,
+                                    schedule_source=schedule.get("source", "")))
+        if full_loop and spec.full_loop:
+            add_loops(records, handle, calls, configs, caches, schedules, steps, sparse_caches, timesteps, device, dtype,
+                      progress)
+        dit_sparse.remove(calls.model)
+    return records
+
+
+def add_loops(records, handle, calls, configs, caches, schedules, steps, sparse_caches, timesteps, device, dtype,
+              progress):
+    """Real 50-step loops of each sparse config with each cache at its chosen setting, beside the
+    total composed from the schedule that loop made."""
+    for cache in caches:
+        setting = schedules.get(cache, {}).get("config")
+        if setting is None:
+            continue
+        for name, cfg in configs.items():
+            handle.set_config(cfg)
+            handle.set_cache(cache_config(cache, setting, dtype))
+            calls.loop(timesteps)  # untimed: compiles what a real loop needs
+            sync(device)
+            seconds = wall_seconds(lambda: calls.loop(timesteps), device)
+            made = loop_schedule(handle, cfg.num_dense_steps(STEPS))
+            s = sparse_caches[name, cache]
+            composed = compose(cfg, steps[name], made, s, s.computed_s - steps[name]["cached"])["total_s"]
+            record = next(r for r in records if r["config"] == name and r["cache"] == cache)
+            record.update(measured_total_s=seconds, loop_composed_s=composed, loop_skipped_steps=sum(made),
+                          measured_vs_composed=seconds / composed - 1.0,
+                          loop_agrees=abs(seconds / composed - 1.0) <= LOOP_TOLERANCE)
+            progress(f"loop {name} + {cache}: {seconds:.1f} s measured, {composed:.1f} s composed from its "
+                     f"{sum(made)} skipped steps ({record['measured_vs_composed']:+.1%})")
+            handle.set_cache("none")
+
+
+def cache_config(cache: str, setting: dict, dtype):
+    """The diffusers config of `cache` at the setting the quality study chose (a dict of fields)."""
+    if cache == "first-block":
+        return FirstBlockCacheConfig(**setting)
+    if cache == "mag":
+        fields = dict(setting)
+        fields["mag_ratios"] = torch.tensor(fields["mag_ratios"])
+        return MagCacheConfig(**fields)
+    return TaylorSeerCacheConfig(use_lite_mode=True, taylor_factors_dtype=dtype, **setting)
+
+
+def load_schedules(path) -> dict:
+    """cache name -> {"skipped": [bool per step], "config": {fields}, "source": "..."} (JSON)."""
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def write_results(out, records: list[dict], command: str, device) -> Path:
+    """out/step_cache_<gpu>.json and .md (step_cache_tiny for the CPU check)."""
+    from .report import step_cache_markdown
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "step_cache_tiny" if device.type != "cuda" else f"step_cache_{gpu_tag(torch.cuda.get_device_name(device))}"
+    data = dict(records=records, command=command)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    (out / f"{stem}.md").write_text(step_cache_markdown(data))
+    return out / f"{stem}.md"

@@ -1,0 +1,57 @@
+"""The sparse + step cache benchmark (dit_sparse/bench/step_cache.py) in --tiny mode on the CPU:
+forced caches really skip or compute, totals follow the schedule, real loops of the
+schedule-driven caches skip what their settings say and are composed from what they skipped."""
+
+import json
+
+import pytest
+import torch
+
+from dit_sparse import SparseAttentionConfig
+from dit_sparse.bench.e2e import ProgressLog
+from dit_sparse.bench.step_cache import CacheSteps, compose, resample, run_model, write_results
+from dit_sparse.mag_ratios import load
+
+CPU = torch.device("cpu")
+
+
+def test_resample_and_compose():
+    assert resample([False, True], 5) == [False, False, False, True, True]
+    assert resample([True, False, True], 3) == [True, False, True]
+    config = SparseAttentionConfig(dense_steps=2, refresh_every=2, density=0.3)
+    skipped = [True, False, False, True, True, False, False, False]  # step 0 lies in the warm-up: computed
+    total = compose(config, dict(warmup=3.0, profile=2.0, cached=1.0), skipped, CacheSteps(1.5, 0.25), overhead=0.5)
+    # 2 warm-up steps, 4 computed sparse steps (2 profile), 2 skipped
+    assert total == dict(n_dense_steps=2, n_profile_steps=2, n_cached_steps=2, n_skipped_steps=2,
+                         total_s=2 * 3.5 + 2 * 2.5 + 2 * 1.5 + 2 * 0.25)
+
+
+def test_tiny_run_with_schedules_and_loops(tmp_path):
+    ratios = load("dit_sparse/assets/mag_ratios_demo_model.json")
+    schedules = {
+        "mag": dict(skipped=[i % 3 == 2 for i in range(20)], source="test",
+                    config=dict(threshold=0.5, max_skip_steps=2, retention_ratio=0.2, num_inference_steps=20,
+                                mag_ratios=list(ratios))),
+        "taylorseer": dict(skipped=[i >= 5 and i % 2 == 1 for i in range(20)], source="test",
+                           config=dict(cache_interval=2, disable_cache_before_step=3)),
+        "first-block": dict(skipped=[False] * 20, source="test"),
+    }
+    records = run_model("wan1.3b-480", ["first-block", "mag", "taylorseer"], schedules, "eager", 1, True, True,
+                        CPU, torch.float32, ProgressLog())
+    rows = {(r["config"], r["cache"]): r for r in records}
+    assert set(rows) == {(c, k) for c in ("dense", "svg", "fast") for k in ("none", "first-block", "mag", "taylorseer")}
+    for (config, cache), r in rows.items():
+        assert r["speedup"] == pytest.approx(r["total_dense_s"] / r["total_s"])
+        if cache != "none":
+            assert r["skipped_s_per_step"] < r["computed_s_per_step"]
+    # svg holds 10 of the 50 steps dense: the mag schedule skips a third of the other 40
+    assert rows["svg", "mag"]["n_skipped_steps"] == sum(resample(schedules["mag"]["skipped"])[10:])
+    assert rows["svg", "first-block"]["n_skipped_steps"] == 0
+    for config in ("svg", "fast"):
+        for cache in ("mag", "taylorseer"):  # these two carry a chosen setting: a real loop each
+            r = rows[config, cache]
+            assert r["loop_skipped_steps"] > 0 and r["measured_total_s"] > 0 and r["loop_composed_s"] > 0
+        assert "measured_total_s" not in rows[config, "first-block"]
+    md = write_results(tmp_path, records, "test", CPU)
+    assert md.name == "step_cache_tiny.md" and "| Wan2.1-T2V-1.3B |" in md.read_text()
+    assert len(json.loads((tmp_path / "step_cache_tiny.json").read_text())["records"]) == len(records)
