@@ -7,27 +7,13 @@ import pytest
 from diffusers import WanTransformer3DModel
 
 from dit_sparse import calibrate_mag_cache, cli, mag_ratios, step_cache
-from dit_sparse.cli import main
-from dit_sparse.demo.components import build_pipeline
 from dit_sparse.generation import DEMO_MODEL
 
 import step_cache_checks as sc
+from test_cli import model_dir, run  # noqa: F401 (model_dir is a fixture)
 from test_cli_imports import _imported_after
 
 SMALL = ["--num-frames", "9", "--height", "64", "--width", "64", "--max-sequence-length", "16", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_wan")
-    build_pipeline("tiny").save_pretrained(path)
-    return path
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_generate_with_a_cache_records_the_skipped_steps(model_dir, tmp_path, capsys):
