@@ -145,7 +145,8 @@ def compare_command(args, command_line: str) -> int:
     try:
         report = compare(pipe, spec, prompts=prompts, seeds=args.seeds, configs=configs, request=request,
                          out_dir=args.out, fps=args.fps, warmup=not args.no_warmup, video_suffix=suffix,
-                         meta=dict(meta, command=command_line), cache=cache, cache_name=args.cache)
+                         meta=dict(meta, command=command_line),
+                         caches={args.cache: cache} if cache is not None else None)
     except step_cache.StepCacheError as e:
         raise gen.GenerationError(str(e)) from None
     print(f"compared {', '.join(report['summary'])} on {len(prompts)} prompt(s) x {len(args.seeds)} seed(s) "

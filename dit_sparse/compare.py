@@ -48,37 +48,36 @@ def _psnr_mean(values):
 def compare(pipe, spec: PipelineSpec, *, prompts: list[str], seeds: list[int],
             configs: dict[str, SparseAttentionConfig], request: GenerationRequest, out_dir: Path, fps: int = 16,
             warmup: bool = True, shown: list[str] | None = None, video_suffix: str = ".mp4", log=print,
-            meta: dict | None = None, cache=None, cache_name: str | None = None) -> dict:
+            meta: dict | None = None, caches: dict | None = None, sparse_alone: bool = False) -> dict:
     """Generate dense and every named config for each prompt and seed; write the report folder
     (side-by-side videos, `video_suffix` .mp4 or .gif, show dense and the configs in `shown`,
-    default all). With a step `cache` (as `apply(cache=...)` takes it; `cache_name` labels it),
-    the reference stays dense without it, the row "dense+<name>" is the cache alone, and every
-    config runs with the cache ("<preset>+<name>")."""
+    default all). With step `caches` (label -> what `apply(cache=...)` takes), the reference
+    stays dense without a cache; per cache the row "dense+<label>" is the cache alone and every
+    config runs with it ("<config>+<label>"); the configs run alone too where `sparse_alone`."""
     configs = {name: cfg for name, cfg in configs.items() if name != "dense"}
-    cached = {}  # row name -> whether the step cache runs in it
-    if cache is not None:
-        label = cache_name or type(cache).__name__
-        configs = {f"{name}+{label}": cfg for name, cfg in configs.items()}
-        cached = {f"dense+{label}": True, **{name: True for name in configs}}
-    rows = [*(n for n in cached if n not in configs), *configs]  # after dense: the cache alone, then the configs
-    shown = rows if shown is None else [n for n in rows if n in shown or n.split("+")[0] in shown]
+    caches = caches or {}
+    rows = {name: (cfg, None) for name, cfg in configs.items()} if sparse_alone or not caches else {}
+    for label in caches:  # row name -> (sparse config or None, cache label or None)
+        rows[f"dense+{label}"] = (None, label)
+        rows.update({f"{name}+{label}": (cfg, label) for name, cfg in configs.items()})
+    shown = list(rows) if shown is None else [n for n in rows if n in shown or n.split("+")[0] in shown]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handle = apply(pipe, next(iter(configs.values()), None)) if configs or cached else None
+    handle = apply(pipe, next(iter(configs.values()), None)) if rows else None
     lpips = quality.LPIPS("cuda" if torch.cuda.is_available() else "cpu")
-    cache_on = False
+    cache_on = None  # the label of the cache enabled now
 
     def run(name, req):
         nonlocal cache_on
-        sparse = name in configs
+        config, label = rows.get(name, (None, None))
         if handle is not None:
-            if cached.get(name, False) != cache_on:
-                handle.set_cache(cache if not cache_on else "none")
-                cache_on = not cache_on
-            handle.enabled = sparse
-            if sparse and handle.config != configs[name]:
-                handle.set_config(configs[name])
-        return generate(pipe, spec, req, handle if sparse else None)
+            if label != cache_on:
+                handle.set_cache(caches[label] if label is not None else "none")
+                cache_on = label
+            handle.enabled = config is not None
+            if config is not None and handle.config != config:
+                handle.set_config(config)
+        return generate(pipe, spec, req, handle if config is not None else None)
 
     if warmup:  # first calls pay for CUDA set-up and kernel compilation; keep that out of the timings
         short = replace(request, prompt=prompts[0], seed=seeds[0], steps=min(2, request.steps or 2))
@@ -106,17 +105,17 @@ def compare(pipe, spec: PipelineSpec, *, prompts: list[str], seeds: list[int],
                 save_frames(side_by_side(videos_shown), path, fps=fps)
                 videos.append(path.name)
 
-    if handle is not None and cache_on:
+    if handle is not None and cache_on is not None:
         handle.set_cache("none")  # the pipeline as it came
     summary = _summarise(runs, ["dense", *rows])
     plots = _plots(stats_by_preset, summary, out_dir)
     report = dict(
         meta=dict(meta or {}, prompts=prompts, seeds=seeds, presets=["dense", *rows], request=asdict(request),
-                  cache=cache_name if cache is not None else None,
+                  caches=list(caches),
                   device=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
                   torch=torch.__version__),
         lpips=dict(available=lpips.available, reason=lpips.reason),
-        configs={name: asdict(cfg) for name, cfg in configs.items()},
+        configs={name: asdict(cfg) for name, (cfg, _) in rows.items() if cfg is not None},
         summary=summary, runs=runs, stats=stats_by_preset, files=dict(videos=videos, plots=plots),
     )
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -154,17 +153,11 @@ def _record(name, p, prompt, seed, result, reference, lpips) -> dict:
         preset=name, prompt_index=p, prompt=prompt, seed=seed, wall_s=result.wall_s,
         transformer_s_per_step=result.transformer_s_per_step, steps=result.steps,
         mean_density=(result.stats or {}).get("mean_density") if name != "dense" else 1.0,
-        skipped_steps=_skipped_steps(result.stats),
+        skipped_steps=None if result.skipped_steps is None else len(result.skipped_steps), skipped=result.skipped_steps,
+        skipped_call_fraction=result.skipped_call_fraction,
         psnr=quality.finite_or_inf(value), ssim=quality.ssim(result.frames, reference),
         lpips=lpips(result.frames, reference) if lpips.available else None,
     )
-
-
-def _skipped_steps(stats: dict | None) -> int | None:
-    """How many steps a step cache skipped (some of) the sparse calls of; None without statistics."""
-    if not stats:
-        return None
-    return len({step for steps in stats.get("skipped_steps", {}).values() for step in steps})
 
 
 def _summarise(runs: list[dict], presets: list[str]) -> dict:
@@ -235,12 +228,13 @@ def markdown(report: dict) -> str:
             f"{_fmt(row['transformer_speedup'])}x | {_fmt(row['mean_density'], 3)} | {_fmt(row['psnr'])} | "
             f"{_fmt(row['ssim'], 4)} | {_fmt(row['lpips'], 4)} |"
         )
-    if meta.get("cache"):
+    if meta.get("caches"):
         skipped = ", ".join(f"{name} {_fmt(row.get('skipped_steps'), 1)}" for name, row in summary.items()
-                            if row.get("skipped_steps") is not None)
-        lines += ["", f"Step cache: {meta['cache']} (the \"dense+{meta['cache']}\" row is the cache alone). Steps the "
-                  f"cache skipped, per generation: {skipped or 'n/a'} (counted where sparse attention ran; the cache "
-                  "never skips the dense warm-up steps)."]
+                            if "+" in name)
+        lines += ["", f"Step caches: {', '.join(meta['caches'])} (a \"dense+<cache>\" row is the cache alone). Steps "
+                  f"the cache served from its cache, per generation (of {req.get('steps')}): {skipped} (a step counts "
+                  "when none of its transformer calls ran the last block; the cache never skips sparse attention's "
+                  "dense warm-up steps)."]
     lines += ["", "## Per prompt and seed", "", "| prompt | seed | preset | wall s | density | PSNR dB | SSIM |",
               "|---|---|---|---|---|---|---|"]
     for r in report["runs"]:

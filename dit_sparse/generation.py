@@ -87,6 +87,8 @@ class GenerationResult:
     transformer_s: float  # time inside the transformer forward(s)
     steps: int
     stats: dict | None = None
+    skipped_steps: list[int] | None = None  # steps whose transformer calls a step cache served (None: unknown)
+    skipped_call_fraction: float | None = None  # of the transformer calls, the share a step cache served
 
     @property
     def transformer_s_per_step(self) -> float:
@@ -330,12 +332,61 @@ def default_steps(pipe) -> int:
     return inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
 
 
+def last_block(transformer: torch.nn.Module) -> torch.nn.Module | None:
+    """The transformer's last block (of the classes it declares repeated, else of
+    `transformer_blocks`): a step cache that serves a call from its cache skips it."""
+    repeated = set(getattr(transformer, "_repeated_blocks", None) or ())
+    blocks = [m for m in transformer.modules() if type(m).__name__ in repeated]
+    blocks = blocks or list(getattr(transformer, "transformer_blocks", None) or getattr(transformer, "blocks", None) or ())
+    return blocks[-1] if blocks else None
+
+
+class ComputedCalls:
+    """Per transformer call of a generation, whether its last block ran: a step cache
+    (FirstBlockCache, MagCache, TaylorSeer) skips the blocks of a call it serves from its cache.
+    Counts with a cache alone too, where dit_sparse's statistics see nothing. The hook sits on
+    the block's first child with weights: diffusers' cache hooks replace the block's forward, so
+    the block itself is always called, its children only when it computes."""
+
+    def __init__(self, pipe):
+        self.calls: list[bool] = []
+        self._handles = []
+        for name in ("transformer", "transformer_2"):
+            module = getattr(pipe, name, None)
+            block = last_block(module) if module is not None else None
+            inner = next((m for m in block.children() if next(m.parameters(), None) is not None), None) if block else None
+            if inner is not None:
+                self._handles.append(module.register_forward_pre_hook(self._call))
+                self._handles.append(inner.register_forward_pre_hook(self._ran))
+
+    def _call(self, module, args):
+        self.calls.append(False)
+
+    def _ran(self, module, args):
+        if self.calls:
+            self.calls[-1] = True
+
+    def skipped_fraction(self) -> float | None:
+        return 1.0 - sum(self.calls) / len(self.calls) if self.calls else None
+
+    def skipped_steps(self, steps: int) -> list[int] | None:
+        """The steps (of `steps`, each the same number of calls) none of whose calls ran the last block."""
+        if not self.calls or steps < 1 or len(self.calls) % steps:
+            return None
+        per = len(self.calls) // steps
+        return [i for i in range(steps) if not any(self.calls[i * per:(i + 1) * per])]
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
 def generate(pipe, spec: PipelineSpec, request: GenerationRequest, handle=None) -> GenerationResult:
     """Run one generation; `handle` (from dit_sparse.apply) is reset first and its stats kept."""
     kwargs = call_kwargs(pipe, spec, request)
     if handle is not None:
         handle.reset()
-    timer = TransformerTimer(pipe)
+    timer, computed = TransformerTimer(pipe), ComputedCalls(pipe)
     try:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -352,11 +403,13 @@ def generate(pipe, spec: PipelineSpec, request: GenerationRequest, handle=None) 
         wall = time.perf_counter() - start
     finally:
         timer.close()
+        computed.close()
     frames = output.frames[0] if spec.video else output.images[0][None]
     frames = np.clip(np.asarray(frames, dtype=np.float32), 0.0, 1.0)
     steps = len(pipe.scheduler.timesteps) // max(1, getattr(pipe.scheduler, "order", 1))
     stats = handle.stats().as_dict() if handle is not None and handle.enabled else None
-    return GenerationResult(frames=frames, wall_s=wall, transformer_s=timer.seconds, steps=steps, stats=stats)
+    return GenerationResult(frames=frames, wall_s=wall, transformer_s=timer.seconds, steps=steps, stats=stats,
+                            skipped_steps=computed.skipped_steps(steps), skipped_call_fraction=computed.skipped_fraction())
 
 
 def sparsity_summary(stats: dict | None) -> str:

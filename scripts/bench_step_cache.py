@@ -1,17 +1,19 @@
 """Sparse attention with diffusers' step caches on the full-size architectures (issue 21): each
-cache's computed and skipped steps timed with its decisions forced, on stock dense and under
-svg's and the fast preset's sparse settings; 50-step totals composed from the skip schedules the
+cache's computed and skipped steps timed with its decisions forced (under the balanced preset, carried
+over to stock dense and the fast preset); 50-step totals composed from the skip schedules the
 quality study found on the bundled demo model (`--schedules FILE`); `--full-loop` adds real
 50-step loops at the chosen settings on Wan2.1-1.3B 480p. See dit_sparse/bench/step_cache.py.
 
-    python scripts/bench_step_cache.py --models wan1.3b-480 --schedules docs/results/step_cache_schedules.json --full-loop --out docs/results
+    python scripts/bench_step_cache.py --models wan1.3b-480 --schedules docs/results/step_cache_schedules.json --quality docs/results/quality_step_cache.json --full-loop --out docs/results
     python scripts/bench_step_cache.py --models wan1.3b-480 --tiny --out /tmp/sc     # CPU check
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,6 +25,7 @@ def main(argv=None):
     ap.add_argument("--models", default="wan1.3b-480", help=f"comma list of {list(SPECS)}")
     ap.add_argument("--caches", default="first-block,mag,taylorseer")
     ap.add_argument("--schedules", default=None, help="JSON: cache -> {skipped: [bool per step], config: {...}, source}")
+    ap.add_argument("--quality", default=None, help="the quality study's quality_step_cache.json: demo PSNR per row")
     ap.add_argument("--baseline", default="eager", choices=("eager", "compiled"))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--full-loop", action="store_true")
@@ -33,7 +36,7 @@ def main(argv=None):
     names, caches = args.models.split(","), args.caches.split(",")
     if unknown := [n for n in names if n not in SPECS]:
         sys.exit(f"unknown model {unknown}; choose from {list(SPECS)}")
-    from dit_sparse.bench.step_cache import CACHES, load_schedules, run_model, write_results
+    from dit_sparse.bench.step_cache import CACHES, attach_quality, load_schedules, run_model, write_results
 
     if unknown := [c for c in caches if c not in CACHES]:
         sys.exit(f"unknown cache {unknown}; choose from {list(CACHES)}")
@@ -46,6 +49,8 @@ def main(argv=None):
     for key in names:
         records += run_model(key, caches, schedules, args.baseline, args.repeats, args.tiny, args.full_loop, device,
                              dtype, log)
+        if args.quality:
+            attach_quality(records, json.loads(Path(args.quality).read_text()))
         md = write_results(args.out, records, command, device)
     print(md.read_text(), flush=True)
 

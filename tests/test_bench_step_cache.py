@@ -28,26 +28,29 @@ def test_resample_and_compose():
 
 def test_tiny_run_with_schedules_and_loops(tmp_path):
     ratios = load("dit_sparse/assets/mag_ratios_demo_model.json")
+    every_third, odd = [i % 3 == 2 for i in range(20)], [i >= 5 and i % 2 == 1 for i in range(20)]
     schedules = {
-        "mag": dict(skipped=[i % 3 == 2 for i in range(20)], source="test",
+        "mag": dict(alone=every_third, by_dense_steps={"0.2": every_third, "0.1": odd}, source="test",
                     config=dict(threshold=0.5, max_skip_steps=2, retention_ratio=0.2, num_inference_steps=20,
                                 mag_ratios=list(ratios))),
-        "taylorseer": dict(skipped=[i >= 5 and i % 2 == 1 for i in range(20)], source="test",
+        "taylorseer": dict(alone=odd, by_dense_steps={"0.1": odd}, source="test",
                            config=dict(cache_interval=2, disable_cache_before_step=3)),
-        "first-block": dict(skipped=[False] * 20, source="test"),
+        "first-block": dict(alone=[False] * 20, by_dense_steps={"0.1": [False] * 20}, source="test"),
     }
     records = run_model("wan1.3b-480", ["first-block", "mag", "taylorseer"], schedules, "eager", 1, True, True,
                         CPU, torch.float32, ProgressLog())
     rows = {(r["config"], r["cache"]): r for r in records}
-    assert set(rows) == {(c, k) for c in ("dense", "svg", "fast") for k in ("none", "first-block", "mag", "taylorseer")}
+    assert set(rows) == {(c, k) for c in ("dense", "balanced", "fast") for k in ("none", "first-block", "mag", "taylorseer")}
     for (config, cache), r in rows.items():
         assert r["speedup"] == pytest.approx(r["total_dense_s"] / r["total_s"])
         if cache != "none":
             assert r["skipped_s_per_step"] < r["computed_s_per_step"]
-    # svg holds 10 of the 50 steps dense: the mag schedule skips a third of the other 40
-    assert rows["svg", "mag"]["n_skipped_steps"] == sum(resample(schedules["mag"]["skipped"])[10:])
-    assert rows["svg", "first-block"]["n_skipped_steps"] == 0
-    for config in ("svg", "fast"):
+    # balanced holds 10 of the 50 steps dense (the 0.2 schedule): mag skips a third of the other 40
+    assert rows["balanced", "mag"]["n_skipped_steps"] == sum(resample(every_third)[10:])
+    assert rows["fast", "mag"]["n_skipped_steps"] == sum(resample(odd)[rows["fast", "mag"]["n_dense_steps"]:])
+    assert rows["dense", "mag"]["n_skipped_steps"] == sum(resample(every_third))
+    assert rows["balanced", "first-block"]["n_skipped_steps"] == 0
+    for config in ("balanced", "fast"):
         for cache in ("mag", "taylorseer"):  # these two carry a chosen setting: a real loop each
             r = rows[config, cache]
             assert r["loop_skipped_steps"] > 0 and r["measured_total_s"] > 0 and r["loop_composed_s"] > 0

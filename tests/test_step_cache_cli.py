@@ -61,8 +61,8 @@ def test_compare_with_a_cache_adds_the_cache_alone_and_the_combinations(model_di
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert list(report["summary"]) == ["dense", "dense+first-block", "balanced+first-block"]
-    assert report["meta"]["cache"] == "first-block" and "balanced+first-block" in report["configs"]
-    assert "Step cache: first-block" in (out / "report.md").read_text()
+    assert report["meta"]["caches"] == ["first-block"] and "balanced+first-block" in report["configs"]
+    assert "Step caches: first-block" in (out / "report.md").read_text()
 
 
 def test_calibration_runs_dense_through_diffusers_hook_and_restores_the_pipeline():

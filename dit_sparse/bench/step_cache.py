@@ -31,6 +31,9 @@ from .specs import SPECS, STEPS, sparse_configs
 from .timing import gpu_tag, sync, wall_seconds
 
 CACHES = ("first-block", "mag", "taylorseer")
+PRESETS = ("balanced", "fast")  # the presets the quality study pairs with the caches
+TARGETS = {"hunyuan-720": 4.0, "wan1.3b-480": 3.0, "wan14b-720": 3.0}  # 50 steps over eager stock dense (issue 21)
+TARGET_PSNR = 30.0  # ... with a combination at least this close to dense on the demo model
 LOOP_TOLERANCE = 0.03
 NEVER_SKIP_BEFORE = 10**6  # a step index no generation reaches
 
@@ -80,39 +83,30 @@ class ContextCalls:
             self.step(t, i)
 
 
-def time_forced_step(calls: ContextCalls, timesteps, device, repeats: int, skip: bool, handle=None) -> float:
+def time_forced_step(calls: ContextCalls, timesteps, device, repeats: int, skip: bool, handle, warm: bool) -> float:
     """Median seconds of step 2 of a generation (steps 0 and 1 untimed: the first profiling and
     what the cache needs before it can skip), which the forced cache must skip or compute (checked
-    in the runtime's statistics where `handle`, dit_sparse's, is given)."""
+    in the runtime's statistics after step 3); `warm`: one untimed round first (compiled calls)."""
     seconds = []
-    for _ in range(repeats + 1):  # the first round compiles and warms up
+    for _ in range(repeats + int(warm)):
         calls.new_generation()
         calls.step(timesteps[0], 0)
         calls.step(timesteps[1], 1)
         seconds.append(wall_seconds(lambda: calls.step(timesteps[2], 2), device))
-        if handle is not None:
-            calls.step(timesteps[3], 3)  # settles step 2's calls in the statistics
-            skipped = 2 in next(iter(handle.stats().skipped_steps.values()), [])
-            if skipped != skip:
-                raise RuntimeError(f"the forced cache {'computed' if skip else 'skipped'} step 2, expected the opposite")
-    return statistics.median(seconds[1:])
+        calls.step(timesteps[3], 3)  # settles step 2's calls in the statistics
+        skipped = 2 in next(iter(handle.stats().skipped_steps.values()), [])
+        if skipped != skip:
+            raise RuntimeError(f"the forced cache {'computed' if skip else 'skipped'} step 2, expected the opposite")
+    return statistics.median(seconds[int(warm):])
 
 
-def time_cache(calls: ContextCalls, cache: str, device, dtype, repeats: int, handle=None) -> "CacheSteps":
-    """A cache's skipped and computed step, forced; on stock dense (the transformer's own
-    `enable_cache`) without `handle`, else through dit_sparse's handle."""
+def time_cache(calls: ContextCalls, cache: str, device, dtype, repeats: int, handle, warm: bool) -> "CacheSteps":
+    """A cache's skipped and computed step, forced, through dit_sparse's handle at its config."""
     times = {}
     for skip in (True, False):
-        config = forced_cache(cache, skip, dtype)
-        if handle is None:
-            calls.model.enable_cache(config)
-        else:
-            handle.set_cache(config)
-        times[skip] = time_forced_step(calls, calls.bench.timesteps, device, repeats, skip, handle)
-        if handle is None:
-            calls.model.disable_cache()
-    if handle is not None:
-        handle.set_cache("none")
+        handle.set_cache(forced_cache(cache, skip, dtype))
+        times[skip] = time_forced_step(calls, calls.bench.timesteps, device, repeats, skip, handle, warm)
+    handle.set_cache("none")
     return CacheSteps(computed_s=times[False], skipped_s=times[True])
 
 
@@ -153,32 +147,40 @@ def loop_schedule(handle, dense_steps: int) -> list[bool]:
 
 def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repeats: int, tiny: bool,
               full_loop: bool, device, dtype, log: ProgressLog) -> list[dict]:
-    """Every record of one model: stock dense, each cache alone, each sparse config with each cache."""
+    """Every record of one model: stock dense, the presets alone, each cache alone and each preset
+    with each cache. A cache's forced computed and skipped steps are timed once, under the balanced
+    preset: what it adds to a computed step (its bookkeeping on the hidden states) and what a
+    skipped step costs (nothing, or the first block for FirstBlockCache, dense in every config)
+    do not depend on the attention, so they carry over to dense and to fast."""
     spec = SPECS[key]
+    repeats = spec.repeats(repeats)
     progress = log.for_model(f"{key} {baseline} + caches")
     bench = prepare_model(spec, tiny, device, dtype, progress)
     step_calls = BASELINES[baseline](bench.model, bench.workload)
     calls = ContextCalls(step_calls.module, bench)
-    configs = {k: v for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in ("svg", "fast")}
+    configs = {k: v for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in PRESETS}
     timesteps = bench.timesteps
     records = []
     with torch.no_grad(), sdpa_priority():
         dense = measure_dense(bench, step_calls, repeats, device, progress)
-        dense_caches = {}
-        for cache in caches:
-            dense_caches[cache] = d = time_cache(calls, cache, device, dtype, repeats)
-            progress(f"dense + {cache}: computed step {d.computed_s:.3f} s, skipped step {d.skipped_s:.3f} s")
-        handle = dit_sparse.apply(calls.model, measurement_config(configs["svg"]))
-        steps, sparse_caches = {}, {}
+        handle = dit_sparse.apply(calls.model, measurement_config(configs["balanced"]))
+        steps, measured = {}, {}
         for name, cfg in configs.items():
-            handle.set_config(measurement_config(cfg))
-            m = measure_sparse(handle, step_calls, timesteps[0], timesteps[1], repeats, device,
-                               (bench.num_layers - cfg.dense_layers) * len(bench.workload.calls))
+            key_ = dataclasses.astuple(measurement_config(cfg))
+            if key_ not in measured:
+                handle.set_config(measurement_config(cfg))
+                measured[key_] = measure_sparse(handle, step_calls, timesteps[0], timesteps[1], repeats, device,
+                                                (bench.num_layers - cfg.dense_layers) * len(bench.workload.calls))
+            m = measured[key_]
             steps[name] = dict(profile=m.profile_s, cached=m.cached_s)
-            for cache in caches:
-                sparse_caches[name, cache] = c = time_cache(calls, cache, device, dtype, repeats, handle)
-                progress(f"{name} + {cache}: computed step {c.computed_s:.3f} s, skipped step {c.skipped_s:.3f} s")
-        warmup_s = measure_warmup(handle, step_calls.step, timesteps[0], configs["svg"], bench.num_layers, repeats, device)
+            progress(f"{name}: profile step {m.profile_s:.3f} s, cached step {m.cached_s:.3f} s")
+        handle.set_config(measurement_config(configs["balanced"]))
+        timed = {}
+        for cache in caches:
+            timed[cache] = c = time_cache(calls, cache, device, dtype, repeats, handle, warm=baseline == "compiled")
+            progress(f"balanced + {cache}: computed step {c.computed_s:.3f} s, skipped step {c.skipped_s:.3f} s")
+        warmup_s = measure_warmup(handle, step_calls.step, timesteps[0], configs["balanced"], bench.num_layers, repeats,
+                                  device)
         for name in configs:
             steps[name]["warmup"] = warmup_s
         base = dict(key=key, model=spec.model, height=bench.size[0], width=bench.size[1], num_frames=bench.size[2],
@@ -194,33 +196,32 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
             schedule = schedules.get(cache)
             if schedule is None:
                 continue
-            skipped = resample(schedule["skipped"])
-            d = dense_caches[cache]
-            alone = compose_cache_alone(dense.seconds, skipped, d, d.computed_s - dense.seconds)
+            c = timed[cache]
+            overhead = c.computed_s - steps["balanced"]["cached"]
+            about = dict(cache_overhead_s=overhead, skipped_s_per_step=c.skipped_s, schedule_source=schedule.get("source", ""))
+            alone = compose_cache_alone(dense.seconds, resample(schedule["alone"]), c, overhead)
             records.append(dict(base, config="dense", cache=cache, **alone, speedup=base["total_dense_s"] / alone["total_s"],
-                                computed_s_per_step=d.computed_s, skipped_s_per_step=d.skipped_s,
-                                schedule_source=schedule.get("source", "")))
+                                computed_s_per_step=dense.seconds + overhead, **about))
             for name, cfg in configs.items():
-                s = sparse_caches[name, cache]
-                total = compose(cfg, steps[name], skipped, s, s.computed_s - steps[name]["cached"])
+                one = CacheSteps(steps[name]["cached"] + overhead, c.skipped_s)
+                total = compose(cfg, steps[name], resample(schedule_for(schedule, cfg)), one, overhead)
                 records.append(dict(base, config=name, cache=cache, **total, speedup=base["total_dense_s"] / total["total_s"],
-                                    computed_s_per_step=s.computed_s, skipped_s_per_step=s.skipped_s,
-                                    schedule_source=schedule.get("source", "")))
+                                    computed_s_per_step=one.computed_s, **about))
         if full_loop and spec.full_loop:
-            add_loops(records, handle, calls, configs, caches, schedules, steps, sparse_caches, timesteps, device, dtype,
+            add_loops(records, handle, calls, configs, caches, schedules, steps, timed, timesteps, device, dtype,
                       progress)
         dit_sparse.remove(calls.model)
     return records
 
 
-def add_loops(records, handle, calls, configs, caches, schedules, steps, sparse_caches, timesteps, device, dtype,
-              progress):
-    """Real 50-step loops of each sparse config with each cache at its chosen setting, beside the
-    total composed from the schedule that loop made."""
+def add_loops(records, handle, calls, configs, caches, schedules, steps, timed, timesteps, device, dtype, progress):
+    """Real 50-step loops of each preset with each cache at its chosen setting, beside the total
+    composed from the schedule that loop made."""
     for cache in caches:
         setting = schedules.get(cache, {}).get("config")
         if setting is None:
             continue
+        overhead = timed[cache].computed_s - steps["balanced"]["cached"]
         for name, cfg in configs.items():
             handle.set_config(cfg)
             handle.set_cache(cache_config(cache, setting, dtype))
@@ -228,8 +229,8 @@ def add_loops(records, handle, calls, configs, caches, schedules, steps, sparse_
             sync(device)
             seconds = wall_seconds(lambda: calls.loop(timesteps), device)
             made = loop_schedule(handle, cfg.num_dense_steps(STEPS))
-            s = sparse_caches[name, cache]
-            composed = compose(cfg, steps[name], made, s, s.computed_s - steps[name]["cached"])["total_s"]
+            one = CacheSteps(steps[name]["cached"] + overhead, timed[cache].skipped_s)
+            composed = compose(cfg, steps[name], made, one, overhead)["total_s"]
             record = next(r for r in records if r["config"] == name and r["cache"] == cache)
             record.update(measured_total_s=seconds, loop_composed_s=composed, loop_skipped_steps=sum(made),
                           measured_vs_composed=seconds / composed - 1.0,
@@ -250,8 +251,25 @@ def cache_config(cache: str, setting: dict, dtype):
     return TaylorSeerCacheConfig(use_lite_mode=True, taylor_factors_dtype=dtype, **setting)
 
 
+def schedule_for(schedule: dict, config) -> list[bool]:
+    """The schedule the cache made beside the preset whose dense warm-up fraction is nearest `config`'s."""
+    fraction = config.num_dense_steps(STEPS) / STEPS
+    return schedule["by_dense_steps"][min(schedule["by_dense_steps"], key=lambda k: abs(float(k) - fraction))]
+
+
+def attach_quality(records: list[dict], study: dict) -> None:
+    """Each record's PSNR against dense on the bundled demo model, from the quality study's
+    result (quality_step_cache.json): the row of the same preset and cache."""
+    for r in records:
+        name = r["config"] if r["cache"] == "none" else f"{r['config']}+{r['cache']}"
+        row = study["rows"].get(name)
+        if row is not None:
+            r["demo_psnr"] = row["psnr"]
+
+
 def load_schedules(path) -> dict:
-    """cache name -> {"skipped": [bool per step], "config": {fields}, "source": "..."} (JSON)."""
+    """cache name -> {"alone": [bool per step], "by_dense_steps": {fraction: [bool per step]},
+    "config": {fields}, "source": "..."} (JSON, written by scripts/quality_step_cache.py)."""
     return json.loads(Path(path).read_text()) if path else {}
 
 
@@ -262,7 +280,7 @@ def write_results(out, records: list[dict], command: str, device) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "step_cache_tiny" if device.type != "cuda" else f"step_cache_{gpu_tag(torch.cuda.get_device_name(device))}"
-    data = dict(records=records, command=command)
+    data = dict(records=records, command=command, targets=TARGETS, target_psnr=TARGET_PSNR)
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
     (out / f"{stem}.md").write_text(step_cache_markdown(data))
     return out / f"{stem}.md"

@@ -116,8 +116,8 @@ def seed_groups(seeds: list[int], workers: int) -> list[list[int]]:
     return [group for group in (seeds[i::workers] for i in range(workers)) if group]
 
 
-def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
-    """Dense and every variant for the study prompts and these seeds, in this process."""
+def study_pipeline(args):
+    """The study's pipeline (quiet), its spec, the request every clip shares and the report's meta."""
     device, warning = gen.pick_device(args.device)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -132,28 +132,39 @@ def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
         negative_prompt="",
     )
     gen.check_request(pipe, spec, request)
+    return pipe, spec, request, dict(model=str(path), dtype=str(dtype).replace("torch.", ""))
+
+
+def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
+    """Dense and every variant for the study prompts and these seeds, in this process."""
+    pipe, spec, request, meta = study_pipeline(args)
     return compare(pipe, spec, prompts=list(STUDY_PROMPTS[: args.prompts]), seeds=seeds,
                    configs={n: c for n, (_, c) in study_variants(args).items()}, request=request, out_dir=folder,
-                   shown=["quality", "balanced", "fast"], video_suffix=video_suffix()[0],
-                   meta=dict(model=str(path), command=command, dtype=str(dtype).replace("torch.", "")))
+                   shown=["quality", "balanced", "fast"], video_suffix=video_suffix()[0], meta=dict(meta, command=command))
 
 
 def study_variants(args):
     return variants(**({"block_size": args.block_size} if args.block_size else {}))
 
 
-def run_shards(args, groups: list[list[int]], folder: Path, command: str) -> dict:
-    """One process per seed group on the same device (the demo model leaves a GPU mostly idle,
-    so this multiplies throughput), then one report over all runs. The first group writes into
-    `folder` (its side-by-side videos are kept); the others into shard folders, removed after."""
+def shard_args(args) -> list[str]:
+    """The study's options that every worker process repeats (all but --seeds and --workers)."""
     shared = ["--out", str(args.out), "--prompts", str(args.prompts), "--steps", str(args.steps),
               "--num-frames", str(args.num_frames), "--height", str(args.height), "--width", str(args.width),
               "--device", args.device, "--dtype", args.dtype]
     shared += ["--model", args.model] if args.model else []
     shared += ["--block-size", str(args.block_size)] if args.block_size else []
+    return shared
+
+
+def run_shards(module: str, shared: list[str], groups: list[list[int]], folder: Path, command: str) -> dict:
+    """One process of `module` (with `shared` options) per seed group on the same device (the
+    demo model leaves a GPU mostly idle, so this multiplies throughput), then one report over all
+    runs. The first group writes into `folder` (its side-by-side videos are kept); the others
+    into shard folders, removed after."""
     folders = [folder] + [folder / f"shard{i}" for i in range(1, len(groups))]
     procs = [
-        subprocess.Popen([sys.executable, "-m", __name__, *shared, "--seeds", ",".join(map(str, group)), "--shard-dir", str(f)])
+        subprocess.Popen([sys.executable, "-m", module, *shared, "--seeds", ",".join(map(str, group)), "--shard-dir", str(f)])
         for group, f in zip(groups, folders)
     ]
     if failed := [group for group, proc in zip(groups, procs) if proc.wait() != 0]:
@@ -165,8 +176,9 @@ def run_shards(args, groups: list[list[int]], folder: Path, command: str) -> dic
     return report
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a study on the bundled demo model run as seed-sharded compare processes."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="pipeline folder (default: the bundled demo model)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--seeds", default="0,1")
@@ -180,9 +192,14 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the device, each over a share of the seeds (speed-ups are then measured under contention)")
+    ap.add_argument("--shard-dir", type=Path, help=argparse.SUPPRESS)  # a worker of --workers: compare only, into this folder
+    return ap
+
+
+def main(argv=None):
+    ap = study_parser(__doc__)
     ap.add_argument("--report", type=Path,
                     help="a study's quality_demo_runs/report.json: re-make the tables and plots from it, generating nothing")
-    ap.add_argument("--shard-dir", type=Path, help=argparse.SUPPRESS)  # a worker of --workers: compare only, into this folder
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be >= 1")
@@ -198,7 +215,7 @@ def main(argv=None):
         seeds, groups = report["meta"]["seeds"], [None] * report["meta"].get("processes", 1)
         command = f"{report['meta']['command']}, tables re-made by `{command}`"
     elif len(groups) > 1:
-        report = run_shards(args, groups, folder, command)
+        report = run_shards(__name__, shard_args(args), groups, folder, command)
     else:
         report = run_compare(args, seeds, folder, command)
 
