@@ -29,6 +29,7 @@ def main(argv=None):
     ap.add_argument("--baseline", default="eager", choices=("eager", "compiled"))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--full-loop", action="store_true")
+    ap.add_argument("--loop-caches", default=None, help="comma list: the caches --full-loop runs (default: all)")
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on the CPU: a test of the code path")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args(argv)
@@ -48,7 +49,7 @@ def main(argv=None):
     schedules, log, records = load_schedules(args.schedules), ProgressLog(), []
     for key in names:
         records += run_model(key, caches, schedules, args.baseline, args.repeats, args.tiny, args.full_loop, device,
-                             dtype, log)
+                             dtype, log, args.loop_caches.split(",") if args.loop_caches else None)
         if args.quality:
             attach_quality(records, json.loads(Path(args.quality).read_text()))
         md = write_results(args.out, records, command, device)

@@ -191,8 +191,8 @@ def step_cache_markdown(data: dict) -> str:
         "total composed from the steps that loop skipped (must agree within 3%). Demo PSNR: the same preset and "
         "cache on the bundled demo model against dense (quality_step_cache.md).", "",
         "| model | H x W x F | baseline | config | cache | dense s/step | computed s/step | skipped s/step | "
-        "skipped steps | 50 steps s | speed-up | demo PSNR dB | measured 50 steps s | schedule source |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "skipped steps | 50 steps s | speed-up | demo PSNR dB | measured 50 steps s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         computed = r.get("computed_s_per_step", r.get("cached_s_per_step"))
@@ -204,8 +204,12 @@ def step_cache_markdown(data: dict) -> str:
             f"| {r['model']} | {r['height']}x{r['width']}x{r['num_frames']} | {r['baseline']} | {r['config']} | "
             f"{r['cache']} | {r['dense_s_per_step']:.3f} | {'-' if computed is None else f'{computed:.3f}'} | {skipped} | "
             f"{r.get('n_skipped_steps', 0)} | {r['total_s']:.1f} | {r['speedup']:.2f}x | "
-            f"{'-' if psnr is None else psnr if psnr == 'inf' else f'{psnr:.2f}'} | {measured} | "
-            f"{r.get('schedule_source', '')} |")
+            f"{'-' if psnr is None else psnr if psnr == 'inf' else f'{psnr:.2f}'} | {measured} |")
+    sources = {r["cache"]: r["schedule_source"] for r in records if r.get("schedule_source")}
+    if sources:
+        lines += ["", "Skip schedules:"] + [f"- {cache}: {source}" for cache, source in sources.items()]
+    if data.get("note"):
+        lines += ["", data["note"]]
     targets, floor = data.get("targets", {}), data.get("target_psnr")
     rows = [r for r in records if r["key"] in targets and r["baseline"] == "eager" and r["config"] != "dense"
             and r["cache"] != "none"]

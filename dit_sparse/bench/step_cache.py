@@ -18,11 +18,13 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
 import dit_sparse
+from dit_sparse.generation import ComputedCalls
 
 from .e2e import BASELINES, ProgressLog, measure_dense, measure_sparse, measure_warmup, measurement_config, profile_steps
 from .models import ModelUnderTest, prepare_model
@@ -123,9 +125,9 @@ def compose(config, steps: dict, skipped: list[bool], cache: CacheSteps, overhea
     dense warm-up steps are never skipped (the cache is held there). `steps`: warm-up, profile and
     cached seconds without the cache; `overhead`: what the cache adds to a computed step."""
     n_dense = config.num_dense_steps(len(skipped))
-    n_skipped = sum(skipped[n_dense:])
+    n_skipped = sum(skipped[n_dense:])  # a step whose calls the cache served in part counts in part
     n_computed = len(skipped) - n_dense - n_skipped
-    n_profile = profile_steps(n_computed, config.refresh_every)
+    n_profile = min(n_computed, profile_steps(round(n_computed), config.refresh_every))
     total = (n_dense * (steps["warmup"] + overhead) + n_profile * (steps["profile"] + overhead)
              + (n_computed - n_profile) * cache.computed_s + n_skipped * cache.skipped_s)
     return dict(n_dense_steps=n_dense, n_profile_steps=n_profile, n_cached_steps=n_computed - n_profile,
@@ -139,14 +141,16 @@ def compose_cache_alone(dense_s: float, skipped: list[bool], dense_cache: CacheS
                 + n_skipped * dense_cache.skipped_s)
 
 
-def loop_schedule(handle, dense_steps: int) -> list[bool]:
-    """The steps of the last loop that the cache skipped (from the runtime's statistics)."""
-    skipped = set(next(iter(handle.stats().skipped_steps.values()), []))
-    return [i in skipped and i >= dense_steps for i in range(STEPS)]
+def loop_schedule(recorder: ComputedCalls, calls_per_step: int, dense_steps: int) -> list[float]:
+    """Per step of the last loop, the share of its transformer calls the cache served (a cache
+    may serve the cond call of a step and compute its uncond call); 0 in our warm-up."""
+    ran = recorder.calls[-STEPS * calls_per_step:]
+    return [0.0 if i < dense_steps else 1.0 - sum(ran[i * calls_per_step:(i + 1) * calls_per_step]) / calls_per_step
+            for i in range(STEPS)]
 
 
 def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repeats: int, tiny: bool,
-              full_loop: bool, device, dtype, log: ProgressLog) -> list[dict]:
+              full_loop: bool, device, dtype, log: ProgressLog, loop_caches: list[str] | None = None) -> list[dict]:
     """Every record of one model: stock dense, the presets alone, each cache alone and each preset
     with each cache. A cache's forced computed and skipped steps are timed once, under the balanced
     preset: what it adds to a computed step (its bookkeeping on the hidden states) and what a
@@ -208,15 +212,18 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
                 records.append(dict(base, config=name, cache=cache, **total, speedup=base["total_dense_s"] / total["total_s"],
                                     computed_s_per_step=one.computed_s, **about))
         if full_loop and spec.full_loop:
-            add_loops(records, handle, calls, configs, caches, schedules, steps, timed, timesteps, device, dtype,
-                      progress)
+            add_loops(records, handle, calls, configs, loop_caches or caches, schedules, steps, timed, timesteps, device,
+                      dtype, progress, warm_every_loop=baseline == "compiled")
         dit_sparse.remove(calls.model)
     return records
 
 
-def add_loops(records, handle, calls, configs, caches, schedules, steps, timed, timesteps, device, dtype, progress):
+def add_loops(records, handle, calls, configs, caches, schedules, steps, timed, timesteps, device, dtype, progress,
+              warm_every_loop: bool = True):
     """Real 50-step loops of each preset with each cache at its chosen setting, beside the total
-    composed from the schedule that loop made."""
+    composed from the schedule that loop made. An untimed loop first, for every loop where
+    `warm_every_loop` (compiled calls), else once per preset (eager: the kernels it needs)."""
+    warmed = set()
     for cache in caches:
         setting = schedules.get(cache, {}).get("config")
         if setting is None:
@@ -225,18 +232,24 @@ def add_loops(records, handle, calls, configs, caches, schedules, steps, timed, 
         for name, cfg in configs.items():
             handle.set_config(cfg)
             handle.set_cache(cache_config(cache, setting, dtype))
-            calls.loop(timesteps)  # untimed: compiles what a real loop needs
+            if warm_every_loop or name not in warmed:
+                calls.loop(timesteps)  # untimed: compiles what a real loop needs
+                warmed.add(name)
             sync(device)
+            recorder = ComputedCalls(SimpleNamespace(transformer=calls.model))
             seconds = wall_seconds(lambda: calls.loop(timesteps), device)
-            made = loop_schedule(handle, cfg.num_dense_steps(STEPS))
+            recorder.close()
+            made = loop_schedule(recorder, len(calls.bench.workload.calls), cfg.num_dense_steps(STEPS))
             one = CacheSteps(steps[name]["cached"] + overhead, timed[cache].skipped_s)
             composed = compose(cfg, steps[name], made, one, overhead)["total_s"]
             record = next(r for r in records if r["config"] == name and r["cache"] == cache)
-            record.update(measured_total_s=seconds, loop_composed_s=composed, loop_skipped_steps=sum(made),
+            record.update(measured_total_s=seconds, loop_composed_s=composed, loop_skipped_steps=round(sum(made), 2),
+                          loop_partly_skipped_steps=sum(0 < x < 1 for x in made),
                           measured_vs_composed=seconds / composed - 1.0,
                           loop_agrees=abs(seconds / composed - 1.0) <= LOOP_TOLERANCE)
             progress(f"loop {name} + {cache}: {seconds:.1f} s measured, {composed:.1f} s composed from its "
-                     f"{sum(made)} skipped steps ({record['measured_vs_composed']:+.1%})")
+                     f"{sum(made):.1f} skipped steps ({record['loop_partly_skipped_steps']} in part; "
+                     f"{record['measured_vs_composed']:+.1%})")
             handle.set_cache("none")
 
 
