@@ -134,6 +134,23 @@ def _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, st
 
 
 @triton.jit
+def _program_query_tile(IDX, CNT, TMPL, H, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT,
+                        BLOCK_M: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_TEMPLATES: tl.constexpr):
+    """This program's query tile: batch and head (plain and int64), the start and length of its
+    key-block list, and its query rows (grid: query tiles x batch * heads)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
+    idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT,
+                                     HAS_TEMPLATES)
+    return b, h, b64, h64, idx_row, count, pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+
+
+@triton.jit
 def _first_tile(count, pid_m, pid_bh, RESIDENT, SUB: tl.constexpr, ROTATE: tl.constexpr):
     """Which of its count * SUB key tiles this program starts at: the first tile of the listed
     block at its launch phase among the RESIDENT programs that run at once (programs start in
@@ -191,13 +208,8 @@ def _bsa_fwd_tma_kernel(
     no copy back); the other heads read q, k and v in place."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT, HAS_TEMPLATES)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, b64, h64, idx_row, count, rows = _program_query_tile(IDX, CNT, TMPL, H, sib, sih, sim, scb, sch, scm, stb, sth,
+                                                               sit, sct, NT, BLOCK_M, BLOCK_SIZE, HAS_TEMPLATES)
     flag = 0
     qd, kd, vd = q_desc, k_desc, v_desc
     if REORDER:
@@ -232,16 +244,11 @@ def _bsa_fwd_kernel(
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    idx_row, count = _key_block_list(IDX, CNT, TMPL, b, h, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit, sct, NT, HAS_TEMPLATES)
-
+    _, _, b, h, idx_row, count, rows = _program_query_tile(IDX, CNT, TMPL, H, sib, sih, sim, scb, sch, scm, stb, sth, sit,
+                                                           sct, NT, BLOCK_M, BLOCK_SIZE, HAS_TEMPLATES)
     flag = 0
     if REORDER:
         flag = tl.load(RH + b * srb + h * srh)
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < S
     q_rows = rows
     if REORDER:

@@ -37,7 +37,7 @@ from .block_sparse_attention import (
     _block_mask,
     _check_inputs,
     _first_tile,
-    _key_block_list,
+    _program_query_tile,
     _key_tile_start,
     _output_like,
     _pattern_tensor,
@@ -259,15 +259,9 @@ def _qbsa_fwd_kernel(
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
     bh = pid_bh.to(tl.int64)
-    qblk = (pid_m * BLOCK_M) // BLOCK_SIZE
-    idx_row, count = _key_block_list(IDX, CNT, TMPL, b64, h64, qblk, sib, sih, sim, scb, sch, scm, stb, sth, sit,
-                                     sct, NT, HAS_TEMPLATES)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, b64, h64, idx_row, count, rows = _program_query_tile(IDX, CNT, TMPL, H, sib, sih, sim, scb, sch, scm, stb, sth,
+                                                               sit, sct, NT, BLOCK_M, BLOCK_SIZE, HAS_TEMPLATES)
     row_ok = rows < S
     q = q_desc.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     q_scale = tl.load(QS + bh * S + rows, mask=row_ok, other=1.0) * qk_scale
