@@ -56,8 +56,11 @@ class SparseAttentionConfig:
     """Products of the sparse layers' attention: "bf16" (the input's dtype), or "int8" / "fp8"
     for the quantized kernel (8-bit Q·Kᵀ and P·V, SageAttention's recipe) on a Hopper GPU.
     Elsewhere "int8" / "fp8" run unquantized, with a warning; with backend="torch" they run
-    the quantized PyTorch reference (the same numbers, slowly, on any device). Dense steps and
-    layers keep the model's own attention."""
+    the quantized PyTorch reference (the same numbers, slowly, on any device). Dense layers keep
+    the model's own attention; dense warm-up steps too, unless `quantized_warmup`."""
+    quantized_warmup: bool = False
+    """With precision "int8" / "fp8": the dense warm-up steps run the quantized kernel in dense
+    mode (every key block) instead of the model's own attention, where the quantized kernel runs."""
 
     def __post_init__(self):
         def bad(field, value, allowed):
@@ -87,6 +90,9 @@ class SparseAttentionConfig:
             bad("density", self.density, "must be None (adaptive) or lie in (0, 1]")
         if self.precision not in PRECISIONS:
             bad("precision", self.precision, f"must be one of {PRECISIONS}")
+        if self.quantized_warmup and self.precision == "bf16":
+            bad("quantized_warmup", True, 'needs precision "int8" or "fp8" (with "bf16" the warm-up runs the model\'s '
+                "own attention)")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "SparseAttentionConfig":

@@ -15,6 +15,9 @@ decided call: its block or attention module never runs. `LayerCall.run` marks th
 (one attribute store, which compiled code replays after its graph), and the host settles each
 key's previous call at its next decision (`settle`): only calls that ran count, age a plan or
 adopt a new profile; a profile whose call was skipped is simply decided again.
+
+With `quantized_warmup`, a warm-up call is a `DenseCall`: the quantized kernel over every key
+block, still counted as dense (it is exact attention up to the 8-bit rounding).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import torch
 from .config import SparseAttentionConfig
 from .geometry import TokenGrid
 from .pattern_bank import PatternBank
-from .profiling import HeadPlan, choose_patterns, make_bank
+from .kernels import quantized_block_sparse_attention
+from .patterns import block_tables
+from .profiling import HeadPlan, choose_patterns, make_bank, run_precision
 
 
 @dataclass(eq=False)
@@ -54,6 +59,7 @@ class LayerCall:
     step: int = 0
     ran: bool = False
     """Set when the call runs; a step cache that skips the layer leaves it False."""
+    dense = False
 
     def run(self, q, k, v, scale=None, heads: range | None = None) -> torch.Tensor:
         """Sparse attention of (B, H, S, D) q, k, v in native token order. `heads`: the global
@@ -67,6 +73,23 @@ class LayerCall:
         return plan.attend(q, k, v, scale)
 
 
+@dataclass
+class DenseCall:
+    """A dense warm-up call through the quantized kernel in dense mode: every key block of the
+    grid (`kv_indices`, `kv_counts`), in `precision`. Runs like a `LayerCall`, but has no plan."""
+
+    kv_indices: torch.Tensor
+    kv_counts: torch.Tensor
+    block_size: int
+    precision: str
+    backend: str
+    dense = True
+
+    def run(self, q, k, v, scale=None, heads: range | None = None) -> torch.Tensor:
+        return quantized_block_sparse_attention(q, k, v, self.kv_indices, self.kv_counts, block_size=self.block_size,
+                                                scale=scale, backend=self.backend, precision=self.precision)
+
+
 class PlanCache:
     def __init__(self, config: SparseAttentionConfig | None = None):
         self.config = config or SparseAttentionConfig()
@@ -74,6 +97,7 @@ class PlanCache:
         self._records: dict[Hashable, ProfileRecord] = {}  # each plan's latest profiling that ran
         self._pending: dict[Hashable, LayerCall] = {}  # each key's latest decided call, not yet settled
         self._banks: dict[tuple, PatternBank] = {}
+        self._dense_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._grids: dict[TokenGrid, TokenGrid] = {}
         self.reset()
 
@@ -157,7 +181,7 @@ class PlanCache:
         self.settle(key)
         if self.is_dense(layer, step, num_steps):
             self.dense_calls += 1
-            return None
+            return self._dense_call(layer, grid, device)
         bank = self.bank(grid, device)
         plan = self.plans.get(key)
         if plan is None or plan.bank is not bank:
@@ -169,6 +193,21 @@ class PlanCache:
             record = ProfileRecord(step, bank)
         call = self._pending[key] = LayerCall(plan, profile, record, self.config, step)
         return call
+
+    def _dense_call(self, layer: int, grid: TokenGrid, device) -> DenseCall | None:
+        """None (the model's own attention), or with `quantized_warmup` a warm-up call of a
+        sparse-eligible layer where the quantized kernel runs (else it is the model's own too)."""
+        config = self.config
+        if not config.quantized_warmup or layer < config.dense_layers:
+            return None
+        precision = run_precision(config.precision, config.backend, device)
+        if precision == "bf16":
+            return None
+        key = (grid, torch.device(device), config.block_size)
+        if key not in self._dense_tables:
+            nb = -(-grid.num_tokens // config.block_size)
+            self._dense_tables[key] = tuple(t.to(device) for t in block_tables(torch.ones(1, 1, nb, nb, dtype=torch.bool)))
+        return DenseCall(*self._dense_tables[key], config.block_size, precision, config.backend)
 
     def _stale(self, record: ProfileRecord, step: int) -> bool:
         """Due for re-profiling: `refresh_every` computed calls served, or the step went back."""
@@ -182,7 +221,8 @@ class PlanCache:
     def attend(self, q, k, v, *, layer: int, branch: Hashable, step: int, num_steps: int | None,
                grid: TokenGrid, scale=None) -> torch.Tensor | None:
         """Decide and run one call at once (outside the diffusers integration, which decides in its
-        step hook): the sparse output, or None where this layer and step run dense."""
+        step hook): the sparse output (or with `quantized_warmup` a warm-up call's quantized dense
+        output), or None where this layer and step run the model's own dense attention."""
         key = (layer, branch)
         call = self.prepare(key, layer=layer, step=step, num_steps=num_steps, grid=grid, device=q.device)
         if call is None:

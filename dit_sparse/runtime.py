@@ -145,8 +145,9 @@ class SparseRuntime:
             return None
         call = self.cache.prepare((layer, self.branch), layer=layer, step=self.step, num_steps=self.num_steps,
                                   grid=grid, device=device)
-        self.steps_by_branch[self.branch]["dense" if call is None else "sparse"].add(self.step)
-        if call is None:
+        dense = call is None or call.dense
+        self.steps_by_branch[self.branch]["dense" if dense else "sparse"].add(self.step)
+        if dense:
             logger.debug("%s layer %d branch %s step %d: dense (%s)", self.name, layer, self.branch, self.step,
                          f"dense_layers={self.config.dense_layers}" if layer < self.config.dense_layers
                          else f"warm-up step, dense_steps={self.config.dense_steps}")
