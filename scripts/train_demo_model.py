@@ -13,19 +13,49 @@ in fp16, loadable with `WanPipeline.from_pretrained`):
   of latents and fills the rest of its batch from the pool (--fresh, --pool).
 - all: vae, then transformer, in one process.
 
+--data picks the clips: `clips` (one shape over a background, the bundled demo's) or `scenes`
+(several objects, textures, camera pans and zooms, occlusion: issue 18's demo2).
+
     python scripts/train_demo_model.py --stage vae --minutes 8 --out runs/vae
     python scripts/train_demo_model.py --stage transformer --minutes 8 --init runs/vae --out runs/demo
     python scripts/train_demo_model.py --stage transformer --minutes 8 --init runs/demo --out runs/demo2
     python scripts/train_demo_model.py --size tiny --stage all --steps 2 --num-frames 9 --resolution 64 --out /tmp/x
+
+Resuming: every run keeps its exact training state in --out/training_state.pt (float32 weights,
+optimizer moments, EMA, step, minutes spent, generator states) and its step and minutes alone in
+--out/training_progress.json, both written every --checkpoint-minutes and when the call ends.
+--call-minutes ends a call early; the same command with --resume continues the run (a stage's
+--minutes and --steps count over all calls, so the learning-rate schedule runs on; raise them to
+extend a finished run) and starts it when --out holds neither file. With the exact state the
+continuation is exact, except that the latent pool refills. Without it (a fresh machine that got
+only the pipeline folder back) --resume goes on from the pipeline's weights: the optimizer warms
+up again, the EMA restarts from those weights and the clips come from new seeds. Bundle the
+pipeline folder without the two training files.
+
+demo2 on one GPU, as calls of at most 10 minutes (33 frames of 512x512: 9 x 32 x 32 = 9216
+tokens; --size demo2 trains at 512 by default). The first call trains the VAE; then repeat the
+second until it prints "[transformer] finished" (--minutes 40: five calls of 8.5 minutes, the
+rest of each call going to start-up and saving):
+
+    python scripts/train_demo_model.py --size demo2 --data scenes --stage vae --minutes 8 --out runs/demo2-vae
+    python scripts/train_demo_model.py --size demo2 --data scenes --stage transformer --init runs/demo2-vae \
+        --minutes 40 --call-minutes 8.5 --out runs/demo2 --resume
+
+The exact state of demo2 is about 180 MB during the transformer stage: it lasts while the machine
+stays the same; the pipeline folder (28 MB) and its training_progress.json are what must come
+back from each call, so that a later machine can go on from them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import random
 import time
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,11 +67,20 @@ from diffusers.utils import logging as diffusers_logging
 
 from dit_sparse.demo import build_pipeline, caption, render_clips, sample_specs
 from dit_sparse.demo.components import save_pipeline
+from dit_sparse.demo.scenes import caption_scene, render_scenes, sample_scenes
 
 TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
-    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64},
-    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4},
+    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256},
+    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512},
+    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256},
 }
+DATA = {  # --data: (sample n specs, caption a spec, render specs)
+    "clips": (sample_specs, caption, render_clips),
+    "scenes": (sample_scenes, caption_scene, render_scenes),
+}
+STAGES = ("vae", "transformer")
+STATE_FILE = "training_state.pt"
+PROGRESS_FILE = "training_progress.json"
 
 
 def parse_args(argv=None):
@@ -49,16 +88,20 @@ def parse_args(argv=None):
     p.add_argument("--stage", choices=("vae", "transformer", "all"), required=True)
     p.add_argument("--out", required=True, help="pipeline folder to write (save_pretrained)")
     p.add_argument("--init", help="start from this saved pipeline folder instead of random weights")
-    p.add_argument("--size", choices=("demo", "tiny"), default="demo",
-                   help="architecture when there is no --init, and the default batch sizes")
-    p.add_argument("--minutes", type=float, default=8.0, help="training time budget per stage")
-    p.add_argument("--steps", type=int, help="cap on optimizer steps per stage (smoke tests)")
+    p.add_argument("--size", choices=sorted(TRAIN_DEFAULTS), default="demo",
+                   help="architecture when there is no --init, and the default batch sizes and resolution")
+    p.add_argument("--data", choices=sorted(DATA), default="clips", help="training clips: dit_sparse.demo.clips or .scenes")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time budget per stage, over all calls of a run")
+    p.add_argument("--steps", type=int, help="cap on optimizer steps per stage, over all calls (smoke tests)")
+    p.add_argument("--resume", action="store_true", help=f"continue from --out/{STATE_FILE} if it is there")
+    p.add_argument("--call-minutes", type=float, help="end this call after this long (and a step); --resume goes on")
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0, help=f"write --out/{STATE_FILE} this often")
     p.add_argument("--batch-size", type=int, help="clips per step (demo default: 16 vae, 32 transformer)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     p.add_argument("--text-lr", type=float, default=1e-4, help="peak learning rate of the text encoder")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps; then cosine to 10%% over the budget")
     p.add_argument("--num-frames", type=int, default=33)
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, help="square clip side (default per --size: demo 256, demo2 512)")
     p.add_argument("--vae-frames", type=int, default=9, help="frames per VAE training clip")
     p.add_argument("--vae-crop", type=int, default=128, help="square crop of VAE training clips")
     p.add_argument("--kl-weight", type=float, default=1e-4)
@@ -75,20 +118,33 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     defaults = TRAIN_DEFAULTS[args.size]
     args.stats_clips = args.stats_clips or defaults["stats_clips"]
+    args.resolution = args.resolution or defaults["resolution"]
     args.vae_batch = args.batch_size or defaults["vae_batch"]
     args.transformer_batch = args.batch_size or defaults["transformer_batch"]
     return args
 
 
 class Budget:
-    """Stops a stage at its time budget or step cap and gives the cosine schedule its progress."""
+    """Stops a stage at its time budget or step cap, and a call at its own limit; gives the cosine schedule its progress.
 
-    def __init__(self, minutes: float, steps: int | None, warmup: int):
+    Time counts over all calls of a resumed run: `spent` is what the earlier calls took.
+    """
+
+    def __init__(self, minutes: float, steps: int | None, warmup: int, call_minutes: float | None = None,
+                 spent: float = 0.0, warm_from: int = 0):
         self.seconds, self.steps, self.warmup = minutes * 60, steps, warmup
+        self.call_seconds = None if call_minutes is None else call_minutes * 60
+        self.spent, self.warm_from = spent, warm_from
         self.start = time.perf_counter()
 
     def elapsed(self) -> float:
+        return self.spent + time.perf_counter() - self.start
+
+    def this_call(self) -> float:
         return time.perf_counter() - self.start
+
+    def call_over(self) -> bool:
+        return self.call_seconds is not None and self.this_call() >= self.call_seconds
 
     def progress(self, step: int) -> float:
         by_time = self.elapsed() / self.seconds
@@ -98,21 +154,22 @@ class Budget:
         return self.progress(step) >= 1.0 or (self.steps is not None and step >= self.steps)
 
     def lr_scale(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / max(self.warmup, 1))
+        warm = min(1.0, (step - self.warm_from + 1) / max(self.warmup, 1))
         return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * self.progress(step))))
 
 
 class ClipSource:
-    """Random captioned clips rendered on the training device, from a seeded CPU generator."""
+    """Random captioned clips (--data: clips or scenes) rendered on the training device, from a seeded CPU generator."""
 
-    def __init__(self, seed: int, device: torch.device):
+    def __init__(self, seed: int, device: torch.device, data: str):
         self.generator = torch.Generator().manual_seed(seed)
         self.device = device
+        self.sample, self.caption, self.render = DATA[data]
 
     def batch(self, n: int, num_frames: int, resolution: int):
-        specs = sample_specs(n, self.generator)
-        clips = render_clips(specs, num_frames, resolution, resolution, device=self.device)
-        return clips, [caption(s) for s in specs]
+        specs = self.sample(n, self.generator)
+        clips = self.render(specs, num_frames, resolution, resolution, device=self.device)
+        return clips, [self.caption(s) for s in specs]
 
 
 class EMA:
@@ -133,6 +190,99 @@ class EMA:
         for p, s in zip(self.params, self.shadow):
             p.copy_(s)
 
+    @contextlib.contextmanager
+    def applied(self):
+        """The module holds the averaged weights inside the block, its own ones again after it."""
+        raw = [p.detach().clone() for p in self.params]
+        self.copy_to_module()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.params, raw):
+                    p.copy_(r)
+
+
+def generators(device: torch.device, **named) -> dict:
+    """`named` torch.Generator / random.Random objects plus torch's default ones (VAE posterior sampling uses them)."""
+    named["torch_cpu"] = torch.default_generator
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        named["torch_cuda"] = torch.cuda.default_generators[index]
+    return named
+
+
+def generator_states(named: dict) -> dict:
+    return {k: g.get_state() if isinstance(g, torch.Generator) else g.getstate() for k, g in named.items()}
+
+
+def restore_generators(named: dict, states: dict):
+    for k, g in named.items():
+        g.set_state(states[k]) if isinstance(g, torch.Generator) else g.setstate(states[k])
+
+
+def resume_stage(resume: dict | None, optimizer, named: dict, seed: int, ema=None) -> tuple[int, float | None, float, int]:
+    """Step, running loss, seconds spent and the step where the warm-up starts, for a stage that `resume` continues.
+
+    Without an exact state (only PROGRESS_FILE), the weights are the pipeline's, the optimizer
+    warms up afresh from the resumed step and the generators are seeded by it, so that the run
+    goes on to clips it has not seen rather than repeating its first ones.
+    """
+    if not resume:
+        return 0, None, 0.0, 0
+    step = resume["step"]
+    if "optimizer" not in resume:
+        for k, g in named.items():
+            g.manual_seed(seed + step + zlib.crc32(k.encode())) if isinstance(g, torch.Generator) else g.seed(seed + step)
+        return step, resume["running"], resume["seconds"], step
+    optimizer.load_state_dict(resume["optimizer"])
+    if ema:
+        torch._foreach_copy_(ema.shadow, [s.to(ema.shadow[0].device) for s in resume["ema"]])
+    restore_generators(named, resume["generators"])
+    return step, resume["running"], resume["seconds"], 0
+
+
+class Checkpoint:
+    """The run's exact training state in --out (STATE_FILE), beside the pipeline as it would ship.
+
+    `save` writes the pipeline (the EMA weights where there is an EMA), then float32 weights of all
+    three modules, optimizer moments, EMA, step, seconds spent and generator states, so that a
+    later call with --resume continues the same run; and the step and seconds alone in
+    PROGRESS_FILE, with which the pipeline folder by itself can go on where the state is too large
+    to keep. `loaded` is what this call resumed from (None: a fresh run).
+    """
+
+    def __init__(self, pipe: WanPipeline, args, loaded: dict | None):
+        self.pipe, self.args, self.loaded = pipe, args, loaded
+        self.path = Path(args.out) / STATE_FILE
+        self.interval = args.checkpoint_minutes * 60
+        self.last = time.perf_counter()
+
+    def resumes(self, stage: str) -> dict | None:
+        """The loaded state if it is of `stage`."""
+        return self.loaded if self.loaded and self.loaded["stage"] == stage else None
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last >= self.interval
+
+    def save(self, stage: str, step: int, budget: Budget, finished: bool, optimizer=None, ema=None, named=None,
+             running=None):
+        with ema.applied() if ema else contextlib.nullcontext():
+            save(self.pipe, self.args)
+        state = {
+            "stage": stage, "finished": finished, "step": step, "seconds": budget.elapsed(), "running": running,
+            "weights": {name: {k: v.float() for k, v in getattr(self.pipe, name).state_dict().items()}
+                        for name in ("transformer", "vae", "text_encoder")},
+            "optimizer": optimizer.state_dict(), "ema": ema.shadow if ema else None, "generators": generator_states(named),
+        }
+        partial = self.path.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)
+        progress = {k: state[k] for k in ("stage", "finished", "step", "seconds", "running")}
+        (self.path.parent / PROGRESS_FILE).write_text(json.dumps(progress, indent=2) + "\n")
+        self.last = time.perf_counter()
+        print(f"[{stage}] state at step {step}: {self.path} ({self.path.stat().st_size / 2**20:.0f} MiB)", flush=True)
+
 
 def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -152,16 +302,18 @@ def set_lr(optimizer, scale):
         group["lr"] = group["peak_lr"] * scale
 
 
-def train_vae(pipe: WanPipeline, args, device: torch.device):
+def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpoint) -> bool:
+    """Trains until the stage's budget or the call's limit; returns whether the stage finished."""
     batch_size = args.vae_batch
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW([{"params": vae.parameters(), "peak_lr": args.lr}], betas=(0.9, 0.99), weight_decay=1e-4)
-    source = ClipSource(args.seed, device)
+    source = ClipSource(args.seed, device, args.data)
     crop = min(args.vae_crop, args.resolution)
     frames = min(args.vae_frames, args.num_frames)
     rng = random.Random(args.seed)
-    budget = Budget(args.minutes, args.steps, args.warmup)
-    step, running = 0, None
+    named = generators(device, source=source.generator, crops=rng)
+    step, running, spent, warm_from = resume_stage(checkpoint.resumes("vae"), optimizer, named, args.seed)
+    budget = Budget(args.minutes, args.steps, args.warmup, args.call_minutes, spent, warm_from)
     while not budget.done(step):
         with torch.no_grad():
             clips, _ = source.batch(batch_size, frames, args.resolution)
@@ -187,8 +339,16 @@ def train_vae(pipe: WanPipeline, args, device: torch.device):
         if step % args.log_every == 0 or budget.done(step):
             psnr = -10 * math.log10(F.mse_loss(recon.detach(), clips).item() / 4 + 1e-12)
             log("vae", step, budget, running, step * batch_size, f"psnr {psnr:.1f} dB kl {kl.item():.2f}")
-    vae.eval().requires_grad_(False)
-    store_latent_stats(vae, args, device)
+        if budget.call_over():
+            break
+        if checkpoint.due():
+            checkpoint.save("vae", step, budget, False, optimizer, None, named, running)
+    finished = budget.done(step)
+    if finished:
+        vae.eval().requires_grad_(False)
+        store_latent_stats(vae, args, device)
+    checkpoint.save("vae", step, budget, finished, optimizer, None, named, running)
+    return finished
 
 
 @torch.no_grad()
@@ -200,7 +360,7 @@ def encode(vae, clips, device):
 @torch.no_grad()
 def store_latent_stats(vae, args, device: torch.device):
     """Per-channel mean/std of full-length clip latents, into the VAE config (WanPipeline reads them)."""
-    source = ClipSource(args.seed + 1, device)
+    source = ClipSource(args.seed + 1, device, args.data)
     chunk = min(8, args.stats_clips)
     latents = []
     for _ in range(math.ceil(args.stats_clips / chunk)):
@@ -263,7 +423,8 @@ def flow_inputs(latents, shift: float, generator: torch.Generator):
     return (1 - s) * latents + s * noise, sigma * 1000, noise - latents
 
 
-def train_transformer(pipe: WanPipeline, args, device: torch.device):
+def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpoint) -> bool:
+    """Trains until the stage's budget or the call's limit; returns whether the stage finished."""
     batch_size = args.transformer_batch
     pool_size = 16 * batch_size if args.pool is None else args.pool
     num_fresh = min(batch_size, args.fresh or max(1, batch_size // 4)) if pool_size else batch_size
@@ -282,10 +443,12 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device):
     shift = pipe.scheduler.config.flow_shift
     noise_gen = torch.Generator(device).manual_seed(args.seed + 3)
     drop_gen = random.Random(args.seed + 4)
-    pool = LatentPool(vae, ClipSource(args.seed + 5, device), args, device, pool_size)
+    pool = LatentPool(vae, ClipSource(args.seed + 5, device, args.data), args, device, pool_size)
+    named = generators(device, source=pool.source.generator, picker=pool.picker, noise=noise_gen, dropout=drop_gen)
+    step, running, spent, warm_from = resume_stage(checkpoint.resumes("transformer"), optimizer, named, args.seed, ema)
+    data_seconds = 0.0
     print(f"[transformer] {num_fresh} fresh clips per step of {batch_size}, pool of {pool_size}", flush=True)
-    budget = Budget(args.minutes, args.steps, args.warmup)
-    step, running, data_seconds = 0, None, 0.0
+    budget = Budget(args.minutes, args.steps, args.warmup, args.call_minutes, spent, warm_from)
     while not budget.done(step):
         data_start = time.perf_counter()
         latents, captions = pool.batch(batch_size, num_fresh)
@@ -310,17 +473,27 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device):
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % args.log_every == 0 or budget.done(step):
-            extra = f"lr {optimizer.param_groups[0]['lr']:.2e} data {100 * data_seconds / budget.elapsed():.0f}% of the time"
+            data_share = 100 * data_seconds / budget.this_call()
+            extra = f"lr {optimizer.param_groups[0]['lr']:.2e} data {data_share:.0f}% of the time"
             log("transformer", step, budget, running, step * batch_size, extra)
-    if ema:
-        ema.copy_to_module()
-    transformer.eval().requires_grad_(False)
-    text_encoder.eval().requires_grad_(False)
+        if budget.call_over():
+            break
+        if checkpoint.due():
+            checkpoint.save("transformer", step, budget, False, optimizer, ema, named, running)
+    finished = budget.done(step)
+    checkpoint.save("transformer", step, budget, finished, optimizer, ema, named, running)
+    if finished:  # the state keeps the raw weights, so that a longer budget can go on from them
+        if ema:
+            ema.copy_to_module()
+        transformer.eval().requires_grad_(False)
+        text_encoder.eval().requires_grad_(False)
+    return finished
 
 
 def save(pipe, args):
     dtype = torch.float16 if args.save_dtype == "fp16" else torch.bfloat16
-    size = save_pipeline(pipe, args.out, dtype)
+    save_pipeline(pipe, args.out, dtype)
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file() and not f.name.startswith(STATE_FILE))
     parts = {
         name: sum(f.stat().st_size for f in (Path(args.out) / name).rglob("*") if f.is_file())
         for name in ("transformer", "vae", "text_encoder", "tokenizer")
@@ -337,21 +510,47 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    if args.init:
+    state_path, progress_path = Path(args.out) / STATE_FILE, Path(args.out) / PROGRESS_FILE
+    loaded = None
+    if args.resume and state_path.exists():
+        loaded = torch.load(state_path, map_location="cpu", weights_only=True)
+    elif args.resume and progress_path.exists():
+        loaded = json.loads(progress_path.read_text())
+        print(f"no {state_path}: going on from the pipeline's weights; the optimizer and the EMA start afresh", flush=True)
+    if loaded:
+        pipe = WanPipeline.from_pretrained(args.out, dtype=torch.float32)
+        for name, weights in loaded.get("weights", {}).items():
+            getattr(pipe, name).load_state_dict(weights)
+        finished = " (finished)" if loaded["finished"] else ""
+        print(f"resuming {args.out}: {loaded['stage']}{finished} at step {loaded['step']}, "
+              f"{loaded['seconds'] / 60:.1f} min in", flush=True)
+    elif args.init:
         pipe = WanPipeline.from_pretrained(args.init, dtype=torch.float32)
     else:
         pipe = build_pipeline(args.size, seed=args.seed)
+    if args.resume and not loaded:
+        print(f"no {state_path} nor {PROGRESS_FILE}: starting the run", flush=True)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for name in ("transformer", "vae", "text_encoder"):
         count = sum(p.numel() for p in getattr(pipe, name).parameters())
         print(f"{name}: {count / 1e6:.2f} M parameters", flush=True)
-    if args.stage in ("vae", "all"):
-        train_vae(pipe, args, device)
-        save(pipe, args)
-    if args.stage in ("transformer", "all"):
-        train_transformer(pipe, args, device)
-        save(pipe, args)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    if loaded:
+        if STAGES.index(stages[-1]) < STAGES.index(loaded["stage"]):
+            raise SystemExit(f"{state_path} is of stage {loaded['stage']}, which comes after --stage {args.stage}")
+        spent = Budget(args.minutes, args.steps, args.warmup, spent=loaded["seconds"])
+        done = STAGES.index(loaded["stage"]) + (loaded["finished"] and spent.done(loaded["step"]))
+        stages = tuple(s for s in stages if STAGES.index(s) >= done)  # those before `done` are trained
+    checkpoint = Checkpoint(pipe, args, loaded)
+    for stage in stages:
+        train = train_vae if stage == "vae" else train_transformer
+        if not train(pipe, args, device, checkpoint):
+            print(f"[{stage}] call over: the same command with --resume goes on", flush=True)
+            return
+        print(f"[{stage}] finished", flush=True)
+    if not stages:
+        print(f"nothing left to train in {args.out}", flush=True)
 
 
 if __name__ == "__main__":
