@@ -341,7 +341,8 @@ def markdown(sections: list[dict], command: str) -> str:
     first = sections[0]
     lines = [
         "# Attention census: exact recall of the spatial and temporal bands, per layer and head", "",
-        f"Command: `{command}`", "",
+        f"Report written by `{command}`; the census run of each model is its *run by* row below (`--reuse` "
+        "keeps an earlier run's models and adds new ones beside them).", "",
         "Ground truth for the online profiler. During each generation the self-attention q and k after RoPE "
         "(the project's Wan processor computes them) are captured at the listed denoising steps, for both CFG "
         "branches. For every head the exact attention mass each query block sends to each key block is summed "
@@ -448,7 +449,8 @@ def published_section() -> list[str]:
 
 
 def plot(sections: list[dict], path: Path):
-    """Mean recall of the best spatial and temporal band against density, per model."""
+    """Mean recall of the best spatial and temporal band against the band's real block density
+    (several target densities can share one band: bands are whole frames or positions), per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -459,11 +461,15 @@ def plot(sections: list[dict], path: Path):
     for i, s in enumerate(sections):
         curve = summarise(s)["curve"]
         colour = colours[i % len(colours)]
-        ax.plot(s["densities"], curve["spatial"], "-o", color=colour, label=f"{s['label']}: spatial")
-        ax.plot(s["densities"], curve["temporal"], "--s", color=colour, label=f"{s['label']}: temporal")
+        spatial, temporal = np.array(s["band_densities"]).T
+        ax.plot(spatial, curve["spatial"], "-o", color=colour, label=f"{s['label']}: spatial")
+        ax.plot(temporal, curve["temporal"], "--s", color=colour, label=f"{s['label']}: temporal")
+    right = min(1.0, max(max(row) for s in sections for row in s["band_densities"]) + 0.05)
+    ax.plot([0, right], [0, right], color="#999999", lw=0.8, ls="-.", label="uniform attention (recall = density)")
     for target in RECALL_TARGETS:
         ax.axhline(target, color="#999999", lw=0.6, ls=":")
-    ax.set_xlabel("band density (target fraction of key blocks)")
+    ax.set_xlim(0, right)
+    ax.set_xlabel("block density of the band (fraction of key blocks computed)")
     ax.set_ylabel("recall (share of attention mass kept)")
     ax.set_title("Best band recall, mean over layers, heads, steps, prompts")
     ax.set_ylim(0, 1.02)
