@@ -70,7 +70,8 @@ def _model_options(p: argparse.ArgumentParser, media: bool = True):
     g.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     g.add_argument("--cpu-offload", action="store_true", help="keep only the running component on the GPU")
     g.add_argument("--compile", action="store_true", help="compile the transformer's blocks (torch.compile, "
-                   "fullgraph) as diffusers documents; the first steps pay the compilation, whose time is printed")
+                   "fullgraph) as diffusers documents (with --cache: each block's forward, which the cache's hooks "
+                   "then wrap); the first steps pay the compilation, whose time is printed")
     if media:
         g.add_argument("--fps", type=int, default=16, help="frames per second of written videos")
 

@@ -59,8 +59,9 @@ def _model(args):
     return path, is_demo, gen.pipeline_spec(gen.pipeline_class_name(path))
 
 
-def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec):
-    """Load the pipeline, check the request, and return what a generation needs."""
+def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec, cached: bool = False):
+    """Load the pipeline, check the request, and return what a generation needs. `cached`: a
+    step cache will be added (--compile then compiles the blocks so that its hooks wrap them)."""
     if getattr(args, "fps", 1) < 1:
         raise gen.GenerationError(f"--fps {args.fps} must be at least 1.")
     device, warning = gen.pick_device(args.device)
@@ -77,8 +78,8 @@ def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec)
     )
     pipe = gen.load_pipeline(path, dtype=dtype, device=device, cpu_offload=args.cpu_offload)
     gen.check_request(pipe, spec, request)
-    if args.compile:
-        gen.compile_pipeline(pipe)
+    if args.compile:  # before the step cache, which then wraps the compiled blocks
+        gen.compile_pipeline(pipe, hookable=cached)
     meta = dict(model=str(args.model or "bundled demo model"), path=str(path), pipeline=type(pipe).__name__,
                 device=device, dtype=str(dtype).replace("torch.", ""), compiled=bool(args.compile))
     return pipe, request, meta
@@ -90,7 +91,7 @@ def generate_command(args, command_line: str) -> int:
     output = Path(args.output) if args.output else Path("dit_sparse_output" + (".mp4" if spec.video else ".png"))
     gen.check_output(output, spec)
     cache = _cache(args)
-    pipe, request, meta = _setup(args, args.prompt, path, is_demo, spec)
+    pipe, request, meta = _setup(args, args.prompt, path, is_demo, spec, cached=cache is not None)
     try:
         handle = apply(pipe, config, cache=cache) if config is not None else None
         if config is None and cache is not None:  # the cache alone, with the model's own attention
@@ -137,7 +138,7 @@ def compare_command(args, command_line: str) -> int:
         raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
     cache = _cache(args)
     path, is_demo, spec = _model(args)
-    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec)
+    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec, cached=cache is not None)
     suffix, problem = video_suffix()
     if problem is not None:  # say so now, not after the first clip
         print(f"note: {problem}; the side-by-side videos are written as GIF", file=sys.stderr)
@@ -167,7 +168,7 @@ def calibrate_command(args, command_line: str) -> int:
     if not args.seeds:
         raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
     path, is_demo, spec = _model(args)
-    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec)
+    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec, cached=True)  # MagCache calibrates through its hook
     if request.steps is None:  # the pipeline's default step count, stated so that every call has it
         request = replace(request, steps=gen.default_steps(pipe))
     calls = [dict(gen.call_kwargs(pipe, spec, replace(request, prompt=prompt, seed=seed)), output_type="latent")

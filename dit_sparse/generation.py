@@ -217,22 +217,30 @@ def load_pipeline(path: Path, *, dtype: torch.dtype, device: str, cpu_offload: b
     return pipe
 
 
-def compile_blocks(transformer, **compile_kwargs) -> None:
+def compile_blocks(transformer, hookable: bool = False, **compile_kwargs) -> None:
     """Compile a transformer's blocks as diffusers documents (`compile_repeated_blocks(fullgraph=True)`),
     or each block where a model declares no repeated blocks (CogVideoX, SD3). Compilation happens
-    in the first calls after."""
-    if getattr(transformer, "_repeated_blocks", None):
+    in the first calls after.
+
+    `hookable`: compile each block's `forward` instead, before a step cache is added. diffusers'
+    cache hooks replace a block's forward with their own code, which does not trace with
+    fullgraph=True, so a cache added afterwards runs its code eagerly around the compiled
+    blocks."""
+    if hookable:
+        for block in repeated_blocks(transformer):
+            block.forward = torch.compile(block.forward, fullgraph=True, **compile_kwargs)
+    elif getattr(transformer, "_repeated_blocks", None):
         transformer.compile_repeated_blocks(fullgraph=True, **compile_kwargs)
     else:
         for block in transformer.transformer_blocks:
             block.compile(fullgraph=True, **compile_kwargs)
 
 
-def compile_pipeline(pipe, **compile_kwargs) -> None:
+def compile_pipeline(pipe, hookable: bool = False, **compile_kwargs) -> None:
     """`compile_blocks` for each transformer of the pipeline (Wan 2.2 A14B has two)."""
     for name in ("transformer", "transformer_2"):
         if getattr(pipe, name, None) is not None:
-            compile_blocks(getattr(pipe, name), **compile_kwargs)
+            compile_blocks(getattr(pipe, name), hookable, **compile_kwargs)
 
 
 def compile_seconds() -> float:
@@ -332,12 +340,17 @@ def default_steps(pipe) -> int:
     return inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
 
 
-def last_block(transformer: torch.nn.Module) -> torch.nn.Module | None:
-    """The transformer's last block (of the classes it declares repeated, else of
-    `transformer_blocks`): a step cache that serves a call from its cache skips it."""
+def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer's blocks: the modules of the classes it declares repeated, else its
+    `transformer_blocks` (or `blocks`)."""
     repeated = set(getattr(transformer, "_repeated_blocks", None) or ())
     blocks = [m for m in transformer.modules() if type(m).__name__ in repeated]
-    blocks = blocks or list(getattr(transformer, "transformer_blocks", None) or getattr(transformer, "blocks", None) or ())
+    return blocks or list(getattr(transformer, "transformer_blocks", None) or getattr(transformer, "blocks", None) or ())
+
+
+def last_block(transformer: torch.nn.Module) -> torch.nn.Module | None:
+    """The transformer's last block: a step cache that serves a call from its cache skips it."""
+    blocks = repeated_blocks(transformer)
     return blocks[-1] if blocks else None
 
 

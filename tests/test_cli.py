@@ -214,7 +214,8 @@ def test_generate_compiled_blocks(model_dir, tmp_path, capsys, monkeypatch):
 
     compiled, compile_pipeline = [], generation.compile_pipeline
     monkeypatch.setattr(generation, "compile_pipeline",
-                        lambda pipe: compiled.append(pipe) or compile_pipeline(pipe, backend="aot_eager"))
+                        lambda pipe, hookable=False: compiled.append(pipe) or compile_pipeline(pipe, hookable,
+                                                                                               backend="aot_eager"))
     torch._dynamo.reset()
     outputs = {}
     for flag in ([], ["--compile"]):

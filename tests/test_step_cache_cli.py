@@ -29,6 +29,16 @@ def test_generate_with_a_cache_records_the_skipped_steps(model_dir, tmp_path, ca
     assert code == 0 and json.loads(out.with_suffix(".json").read_text())["stats"] is None
 
 
+def test_compiled_generation_with_a_cache(model_dir, tmp_path, capsys):
+    # diffusers' compile_repeated_blocks would trace the cache's hooks, which break fullgraph
+    out = tmp_path / "clip.gif"
+    code, stdout, err = run(capsys, "generate", "--model", model_dir, "--prompt", "a red circle", *SMALL, "--steps", "6",
+                            "--cache", "taylorseer", "--compile", "--output", out)
+    assert code == 0, err
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["compiled"] and meta["stats"]["skipped_steps"]["transformer"] and "compile time" in stdout
+
+
 def test_mag_cache_without_ratios_and_stray_ratios_are_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "clip.gif"
     code, _, err = run(capsys, "generate", "--model", model_dir, "--prompt", "a red circle", *SMALL, "--steps", "2",
