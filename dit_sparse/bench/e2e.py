@@ -91,13 +91,14 @@ def eager_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
     return StepCalls(model, step, first_call)
 
 
-def compiled_calls(model: torch.nn.Module, workload: Workload) -> StepCalls:
+def compiled_calls(model: torch.nn.Module, workload: Workload, hookable: bool = False) -> StepCalls:
     """The transformer with its blocks compiled as diffusers documents
     (`compile_repeated_blocks(fullgraph=True)`, Inductor; each block for CogVideoX), the way
     `dit-sparse --compile` does; dit_sparse applied later swaps the processors inside them, and
-    the blocks recompile for each mode (dense, profile, cached)."""
+    the blocks recompile for each mode (dense, profile, cached). `hookable`: each block's forward
+    compiled instead, so that a step cache's hooks wrap the compiled blocks (`compile_blocks`)."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    compile_blocks(model)
+    compile_blocks(model, hookable)
     return dataclasses.replace(eager_calls(model, workload), compiled=True)
 
 

@@ -26,7 +26,8 @@ from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCac
 import dit_sparse
 from dit_sparse.generation import ComputedCalls
 
-from .e2e import BASELINES, ProgressLog, measure_dense, measure_sparse, measure_warmup, measurement_config, profile_steps
+from .e2e import (BASELINES, ProgressLog, compiled_calls, measure_dense, measure_sparse, measure_warmup,
+                  measurement_config, profile_steps)
 from .models import ModelUnderTest, prepare_model
 from .sdpa import sdpa_priority
 from .specs import SPECS, STEPS, sparse_configs
@@ -160,7 +161,9 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
     repeats = spec.repeats(repeats)
     progress = log.for_model(f"{key} {baseline} + caches")
     bench = prepare_model(spec, tiny, device, dtype, progress)
-    step_calls = BASELINES[baseline](bench.model, bench.workload)
+    # compiled: each block's forward, so that the caches' hooks wrap the compiled blocks
+    step_calls = (compiled_calls(bench.model, bench.workload, hookable=True) if baseline == "compiled"
+                  else BASELINES[baseline](bench.model, bench.workload))
     calls = ContextCalls(step_calls.module, bench)
     configs = {k: v for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in PRESETS}
     timesteps = bench.timesteps
