@@ -196,6 +196,24 @@ def study_parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def study_report(args, command: str, module: str, folder: Path, run_compare) -> tuple[dict, list[int], int, str] | None:
+    """The compare report a study summarises, its seeds, how many processes made it and the
+    command to cite: re-read from --report, made by --workers processes of `module`, or by
+    `run_compare` here; None in a worker process (--shard-dir), which only compares."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.shard_dir is not None:
+        run_compare(args, seeds, args.shard_dir, command)
+        return None
+    if args.report:
+        report = json.loads(args.report.read_text())
+        return (report, report["meta"]["seeds"], report["meta"].get("processes", 1),
+                f"{report['meta']['command']}, tables re-made by `{command}`")
+    groups = seed_groups(seeds, args.workers)
+    if len(groups) > 1:
+        return run_shards(module, shard_args(args), groups, folder, command), seeds, len(groups), command
+    return run_compare(args, seeds, folder, command), seeds, 1, command
+
+
 def main(argv=None):
     ap = study_parser(__doc__)
     ap.add_argument("--report", type=Path,
@@ -203,21 +221,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be >= 1")
-    seeds = [int(s) for s in args.seeds.split(",")]
     command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.shard_dir is not None:
-        run_compare(args, seeds, args.shard_dir, command)
-        return
     folder = args.out / "quality_demo_runs"
-    groups = seed_groups(seeds, args.workers)
-    if args.report:
-        report = json.loads(args.report.read_text())
-        seeds, groups = report["meta"]["seeds"], [None] * report["meta"].get("processes", 1)
-        command = f"{report['meta']['command']}, tables re-made by `{command}`"
-    elif len(groups) > 1:
-        report = run_shards(__name__, shard_args(args), groups, folder, command)
-    else:
-        report = run_compare(args, seeds, folder, command)
+    made = study_report(args, command, __name__, folder, run_compare)
+    if made is None:
+        return
+    report, seeds, processes, command = made
 
     named = study_variants(args)
     rows = {}
@@ -232,7 +241,7 @@ def main(argv=None):
     loss = 0.0 if fresh == cached else fresh - cached
     meta = report["meta"]
     result = dict(
-        meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=len(groups),
+        meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=processes,
                   prompts=meta["prompts"], seeds=seeds, **{k: meta["request"][k] for k in ("steps", "num_frames", "height", "width", "guidance_scale")},
                   torch=meta["torch"]),
         variants=rows,

@@ -30,7 +30,7 @@ from dit_sparse.compare import _fmt, compare
 from dit_sparse.demo import STUDY_PROMPTS
 from dit_sparse.media import video_suffix
 
-from .quality_study import run_shards, seed_groups, shard_args, study_parser, study_pipeline
+from .quality_study import study_parser, study_pipeline, study_report
 
 PRESETS = ("balanced", "fast")
 # diffusers' default threshold (0.05) served no step of the demo model in 20 steps: the first
@@ -200,24 +200,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be >= 1")
-    seeds = [int(s) for s in args.seeds.split(",")]
     command = "python scripts/quality_step_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.shard_dir is not None:
-        run_compare(args, seeds, args.shard_dir, command)
+    made = study_report(args, command, __name__, args.out / "quality_step_cache_runs", run_compare)
+    if made is None:
         return
-    folder = args.out / "quality_step_cache_runs"
-    groups = seed_groups(seeds, args.workers)
-    if args.report:
-        report = json.loads(args.report.read_text())
-        seeds, groups = report["meta"]["seeds"], [None] * report["meta"].get("processes", 1)
-        command = f"{report['meta']['command']}, tables re-made by `{command}`"
-    elif len(groups) > 1:
-        report = run_shards(__name__, shard_args(args), groups, folder, command)
-    else:
-        report = run_compare(args, seeds, folder, command)
+    report, seeds, processes, command = made
     meta = report["meta"]
     result = dict(
-        meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=len(groups), prompts=meta["prompts"],
+        meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=processes, prompts=meta["prompts"],
                   seeds=seeds, torch=meta["torch"],
                   **{k: meta["request"][k] for k in ("steps", "num_frames", "height", "width", "guidance_scale")}),
         **summarise(report),
