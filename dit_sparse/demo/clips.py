@@ -238,15 +238,22 @@ def _backgrounds(specs, ys, xs, pixel):
     return first + (second - first) * w
 
 
+def _screen_grid(num_frames: int, height: int, width: int, device: torch.device):
+    """Pixel size, pixel-centre coordinates ys (H, 1) and xs (1, W) in normalised units, and each
+    frame's time in [0, 1]."""
+    pixel = 2.0 / height
+    ys = ((torch.arange(height, device=device) + 0.5) * pixel - 1.0)[:, None]
+    xs = ((torch.arange(width, device=device) + 0.5) * pixel - width / height)[None, :]
+    t = torch.arange(num_frames, device=device, dtype=torch.float32) / max(num_frames - 1, 1)
+    return pixel, ys, xs, t
+
+
 def render_clips(
     specs: list[ClipSpec], num_frames: int = 33, height: int = 256, width: int = 256, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """(B, 3, F, H, W) float32 clips in [-1, 1]; a pure function of the specs."""
     device = torch.device(device)
-    pixel = 2.0 / height
-    ys = ((torch.arange(height, device=device) + 0.5) * pixel - 1.0)[:, None]
-    xs = ((torch.arange(width, device=device) + 0.5) * pixel - width / height)[None, :]
-    t = torch.arange(num_frames, device=device, dtype=torch.float32) / max(num_frames - 1, 1)
+    pixel, ys, xs, t = _screen_grid(num_frames, height, width, device)
     cx, cy, size, angle = _trajectory(specs, t[None])
     cover = torch.empty(len(specs), num_frames, height, width, device=device)
     for shape, sdf in _SDF.items():

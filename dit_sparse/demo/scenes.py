@@ -30,6 +30,7 @@ from .clips import (
     SHAPES,
     ClipSpec,
     _pick,
+    _screen_grid,
     _shade,
     _square_wave,
     _trajectory,
@@ -284,10 +285,7 @@ def render_scenes(
 ) -> torch.Tensor:
     """(B, 3, F, H, W) float32 scenes in [-1, 1], like `render_clips`; a pure function of the specs."""
     device = torch.device(device)
-    pixel = 2.0 / height
-    ys = ((torch.arange(height, device=device) + 0.5) * pixel - 1.0)[:, None]
-    xs = ((torch.arange(width, device=device) + 0.5) * pixel - width / height)[None, :]
-    t = torch.arange(num_frames, device=device, dtype=torch.float32) / max(num_frames - 1, 1)
+    pixel, ys, xs, t = _screen_grid(num_frames, height, width, device)
 
     def field(name):
         return torch.tensor([getattr(s, name) for s in specs], dtype=torch.float32, device=device)[:, None]
