@@ -176,9 +176,13 @@ def run_shards(module: str, shared: list[str], groups: list[list[int]], folder: 
     return report
 
 
-def study_parser(description: str) -> argparse.ArgumentParser:
-    """The options of a study on the bundled demo model run as seed-sharded compare processes."""
+def study_parser(description: str, runs: str | None = None) -> argparse.ArgumentParser:
+    """The options of a study on the bundled demo model run as seed-sharded compare processes;
+    with `runs` (the study's compare folder), --report re-makes its tables from that folder's report."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if runs is not None:
+        ap.add_argument("--report", type=Path,
+                        help=f"a study's {runs}/report.json: re-make the tables from it, generating nothing")
     ap.add_argument("--model", help="pipeline folder (default: the bundled demo model)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--seeds", default="0,1")
@@ -194,6 +198,13 @@ def study_parser(description: str) -> argparse.ArgumentParser:
                     help="processes sharing the device, each over a share of the seeds (speed-ups are then measured under contention)")
     ap.add_argument("--shard-dir", type=Path, help=argparse.SUPPRESS)  # a worker of --workers: compare only, into this folder
     return ap
+
+
+def parse_study_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    return args
 
 
 def study_report(args, command: str, module: str, folder: Path, run_compare) -> tuple[dict, list[int], int, str] | None:
@@ -215,12 +226,7 @@ def study_report(args, command: str, module: str, folder: Path, run_compare) -> 
 
 
 def main(argv=None):
-    ap = study_parser(__doc__)
-    ap.add_argument("--report", type=Path,
-                    help="a study's quality_demo_runs/report.json: re-make the tables and plots from it, generating nothing")
-    args = ap.parse_args(argv)
-    if args.workers < 1:
-        ap.error("--workers must be >= 1")
+    args = parse_study_args(study_parser(__doc__, runs="quality_demo_runs"), argv)
     command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     folder = args.out / "quality_demo_runs"
     made = study_report(args, command, __name__, folder, run_compare)

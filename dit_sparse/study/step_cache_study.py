@@ -30,7 +30,7 @@ from dit_sparse.compare import _fmt, compare
 from dit_sparse.demo import STUDY_PROMPTS
 from dit_sparse.media import video_suffix
 
-from .quality_study import study_parser, study_pipeline, study_report
+from .quality_study import parse_study_args, study_parser, study_pipeline, study_report
 
 PRESETS = ("balanced", "fast")
 # diffusers' default threshold (0.05) served no step of the demo model in 20 steps: the first
@@ -194,12 +194,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None):
-    ap = study_parser(__doc__)
-    ap.add_argument("--report", type=Path,
-                    help="a study's quality_step_cache_runs/report.json: re-make the tables from it, generating nothing")
-    args = ap.parse_args(argv)
-    if args.workers < 1:
-        ap.error("--workers must be >= 1")
+    args = parse_study_args(study_parser(__doc__, runs="quality_step_cache_runs"), argv)
     command = "python scripts/quality_step_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
     made = study_report(args, command, __name__, args.out / "quality_step_cache_runs", run_compare)
     if made is None:
