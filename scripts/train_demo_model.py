@@ -43,7 +43,11 @@ rest of each call going to start-up and saving):
 
 The exact state of demo2 is about 180 MB during the transformer stage: it lasts while the machine
 stays the same; the pipeline folder (28 MB) and its training_progress.json are what must come
-back from each call, so that a later machine can go on from them.
+back from each call, so that a later machine can go on from them. Where a call can return only a
+few files of limited size (this project's GPU machine: 8 files, 16 MiB each), pack them:
+`tar cf - -C runs demo2 --exclude training_state.pt | split -b 15M - $OUT/demo2.tar.`, and on the
+next machine `cat demo2.tar.* | tar xf - -C runs`. demo2 needs about 8 minutes for the VAE and
+at least 15 for the transformer (issue 18), which is most of one session's 30 minutes of device time.
 """
 
 from __future__ import annotations
