@@ -22,6 +22,8 @@ from dit_sparse.demo import SHEET_PROMPTS, STUDY_PROMPTS
 from dit_sparse.demo.clips import ClipSpec, render_clips
 from dit_sparse.demo.prompt_check import check_clip, parse_prompt, summarise
 
+from .quality_study import study_pipeline
+
 PROMPTS = tuple(dict.fromkeys(SHEET_PROMPTS + STUDY_PROMPTS))
 
 
@@ -38,18 +40,7 @@ def generator_clip(prompt: str, num_frames: int, height: int, width: int) -> np.
 
 def check_model(path, seeds: list[int], args) -> list[dict]:
     """Dense clips of every prompt and seed from the pipeline at `path`, each checked."""
-    device, warning = gen.pick_device(args.device)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    model, _ = gen.resolve_model(path)
-    spec = gen.pipeline_spec(gen.pipeline_class_name(model))
-    pipe = gen.load_pipeline(model, dtype=gen.pick_dtype(args.dtype, device), device=device)
-    pipe.set_progress_bar_config(disable=True)
-    request = gen.GenerationRequest(
-        prompt="", num_frames=args.num_frames, height=args.height, width=args.width, steps=args.steps,
-        guidance_scale=gen.DEMO_DEFAULTS["guidance_scale"], max_sequence_length=gen.DEMO_DEFAULTS["max_sequence_length"],
-        negative_prompt="")
-    gen.check_request(pipe, spec, request)
+    pipe, spec, request, _ = study_pipeline(args, path)
     checks = []
     for prompt in PROMPTS[: args.prompts]:
         for seed in seeds:

@@ -116,13 +116,14 @@ def seed_groups(seeds: list[int], workers: int) -> list[list[int]]:
     return [group for group in (seeds[i::workers] for i in range(workers)) if group]
 
 
-def study_pipeline(args):
-    """The study's pipeline (quiet), its spec, the request every clip shares and the report's meta."""
+def study_pipeline(args, model: str | None = None):
+    """The pipeline at `model` (default --model; None: the bundled demo model), quiet, its spec,
+    the request every clip of the study shares and the report's meta."""
     device, warning = gen.pick_device(args.device)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     dtype = gen.pick_dtype(args.dtype, device)
-    path, _ = gen.resolve_model(args.model)
+    path, _ = gen.resolve_model(model or args.model)
     spec = gen.pipeline_spec(gen.pipeline_class_name(path))
     pipe = gen.load_pipeline(path, dtype=dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
