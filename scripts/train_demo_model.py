@@ -74,9 +74,9 @@ from dit_sparse.demo.components import save_pipeline
 from dit_sparse.demo.scenes import caption_scene, render_scenes, sample_scenes
 
 TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
-    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256},
-    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512},
-    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256},
+    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256, "low_every": 0},
+    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512, "low_every": 4},
+    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0},
 }
 DATA = {  # --data: (sample n specs, caption a spec, render specs)
     "clips": (sample_specs, caption, render_clips),
@@ -106,6 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps; then cosine to 10%% over the budget")
     p.add_argument("--num-frames", type=int, default=33)
     p.add_argument("--resolution", type=int, help="square clip side (default per --size: demo 256, demo2 512)")
+    p.add_argument("--low-every", type=int,
+                   help="every Nth transformer step trains at --resolution / 2 with 4x the clips, the same tokens, so that "
+                        "the model also renders at half size (the CPU demo's); 0: off (default per --size: demo2 4)")
     p.add_argument("--vae-frames", type=int, default=9, help="frames per VAE training clip")
     p.add_argument("--vae-crop", type=int, default=128, help="square crop of VAE training clips")
     p.add_argument("--kl-weight", type=float, default=1e-4)
@@ -123,6 +126,7 @@ def parse_args(argv=None):
     defaults = TRAIN_DEFAULTS[args.size]
     args.stats_clips = args.stats_clips or defaults["stats_clips"]
     args.resolution = args.resolution or defaults["resolution"]
+    args.low_every = defaults["low_every"] if args.low_every is None else args.low_every
     args.vae_batch = args.batch_size or defaults["vae_batch"]
     args.transformer_batch = args.batch_size or defaults["transformer_batch"]
     return args
@@ -293,9 +297,10 @@ def autocast(device: torch.device):
 
 
 def log(stage, step, budget, loss, samples, extra=""):
+    """`samples`: clips trained on in this call."""
     elapsed = budget.elapsed()
     print(
-        f"[{stage}] step {step} loss {loss:.4f} {step / elapsed:.2f} steps/s {samples / elapsed:.1f} clips/s "
+        f"[{stage}] step {step} loss {loss:.4f} {step / elapsed:.2f} steps/s {samples / budget.this_call():.1f} clips/s "
         f"{elapsed / 60:.1f} min {extra}",
         flush=True,
     )
@@ -318,6 +323,7 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
     named = generators(device, source=source.generator, crops=rng)
     step, running, spent, warm_from = resume_stage(checkpoint.resumes("vae"), optimizer, named, args.seed)
     budget = Budget(args.minutes, args.steps, args.warmup, args.call_minutes, spent, warm_from)
+    first_step = step
     while not budget.done(step):
         with torch.no_grad():
             clips, _ = source.batch(batch_size, frames, args.resolution)
@@ -342,7 +348,7 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % args.log_every == 0 or budget.done(step):
             psnr = -10 * math.log10(F.mse_loss(recon.detach(), clips).item() / 4 + 1e-12)
-            log("vae", step, budget, running, step * batch_size, f"psnr {psnr:.1f} dB kl {kl.item():.2f}")
+            log("vae", step, budget, running, (step - first_step) * batch_size, f"psnr {psnr:.1f} dB kl {kl.item():.2f}")
         if budget.call_over():
             break
         if checkpoint.due():
@@ -388,17 +394,18 @@ class LatentPool:
     oldest entries, so no time goes into filling it up front.
     """
 
-    def __init__(self, vae, source: ClipSource, args, device: torch.device, size: int):
+    def __init__(self, vae, source: ClipSource, args, device: torch.device, size: int, resolution: int, seed: int):
         self.vae, self.source, self.args, self.device = vae, source, args, device
+        self.resolution = resolution
         z_dim = vae.config.z_dim
         self.mean = torch.tensor(vae.config.latents_mean, device=device).view(1, z_dim, 1, 1, 1)
         self.std = torch.tensor(vae.config.latents_std, device=device).view(1, z_dim, 1, 1, 1)
         self.size, self.cursor = size, 0
         self.latents, self.captions = [], []
-        self.picker = torch.Generator().manual_seed(args.seed + 2)
+        self.picker = torch.Generator().manual_seed(seed)
 
     def fresh(self, n: int):
-        clips, captions = self.source.batch(n, self.args.num_frames, self.args.resolution)
+        clips, captions = self.source.batch(n, self.args.num_frames, self.resolution)
         return (encode(self.vae, clips, self.device) - self.mean) / self.std, captions
 
     def batch(self, batch_size: int, num_fresh: int):
@@ -447,18 +454,32 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
     shift = pipe.scheduler.config.flow_shift
     noise_gen = torch.Generator(device).manual_seed(args.seed + 3)
     drop_gen = random.Random(args.seed + 4)
-    pool = LatentPool(vae, ClipSource(args.seed + 5, device, args.data), args, device, pool_size)
+    pool = LatentPool(vae, ClipSource(args.seed + 5, device, args.data), args, device, pool_size, args.resolution, args.seed + 2)
     named = generators(device, source=pool.source.generator, picker=pool.picker, noise=noise_gen, dropout=drop_gen)
+    low = None  # (pool, batch, fresh) of the half-size steps
+    if args.low_every:
+        if args.resolution % 32:
+            raise SystemExit(f"--low-every needs a --resolution divisible by 32 (half of it by 16), not {args.resolution}")
+        low_pool = LatentPool(vae, ClipSource(args.seed + 6, device, args.data), args, device, 4 * pool_size,
+                              args.resolution // 2, args.seed + 7)
+        low = (low_pool, 4 * batch_size, 4 * num_fresh)
+        named.update(low_source=low_pool.source.generator, low_picker=low_pool.picker)
+        print(f"[transformer] 1 step in {args.low_every} at {args.resolution // 2}x{args.resolution // 2}, "
+              f"{4 * batch_size} clips", flush=True)
     step, running, spent, warm_from = resume_stage(checkpoint.resumes("transformer"), optimizer, named, args.seed, ema)
-    data_seconds = 0.0
+    data_seconds, samples = 0.0, 0
     print(f"[transformer] {num_fresh} fresh clips per step of {batch_size}, pool of {pool_size}", flush=True)
     budget = Budget(args.minutes, args.steps, args.warmup, args.call_minutes, spent, warm_from)
     while not budget.done(step):
         data_start = time.perf_counter()
-        latents, captions = pool.batch(batch_size, num_fresh)
+        if low and step % args.low_every == args.low_every - 1:
+            latents, captions = low[0].batch(*low[1:])
+        else:
+            latents, captions = pool.batch(batch_size, num_fresh)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         data_seconds += time.perf_counter() - data_start
+        samples += latents.shape[0]
         captions = ["" if drop_gen.random() < args.caption_dropout else c for c in captions]
         noisy, timestep, target = flow_inputs(latents, shift, noise_gen)
         set_lr(optimizer, budget.lr_scale(step))
@@ -479,7 +500,7 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
         if step % args.log_every == 0 or budget.done(step):
             data_share = 100 * data_seconds / budget.this_call()
             extra = f"lr {optimizer.param_groups[0]['lr']:.2e} data {data_share:.0f}% of the time"
-            log("transformer", step, budget, running, step * batch_size, extra)
+            log("transformer", step, budget, running, samples, extra)
         if budget.call_over():
             break
         if checkpoint.due():
