@@ -68,7 +68,7 @@ def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec,
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     dtype = gen.pick_dtype(args.dtype, device)
-    defaults = gen.DEMO_DEFAULTS if is_demo else {}
+    defaults = gen.demo_defaults(path, device)
     request = gen.GenerationRequest(
         prompt=prompt, negative_prompt=args.negative_prompt,
         num_frames=_given(args.num_frames, defaults.get("num_frames")), height=_given(args.height, defaults.get("height")),

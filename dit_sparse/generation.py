@@ -26,6 +26,7 @@ DEMO_MODEL = Path(__file__).parent / "assets" / "demo_model"
 # How the bundled demo model was trained: its native clip size, and 32 text tokens (longer
 # zero-padded text would shift its cross-attention).
 DEMO_DEFAULTS = dict(num_frames=33, height=256, width=256, steps=20, guidance_scale=5.0, max_sequence_length=32)
+DEMO_SETTINGS = "dit_sparse_demo.json"  # a demo model's own call settings, in its pipeline folder
 VIDEO_SUFFIXES = (".mp4", ".gif")
 IMAGE_SUFFIXES = (".png",)
 
@@ -93,6 +94,18 @@ class GenerationResult:
     @property
     def transformer_s_per_step(self) -> float:
         return self.transformer_s / max(1, self.steps)
+
+
+def demo_defaults(path: Path, device: str = "cpu") -> dict:
+    """The call settings of a demo model at `path` on `device`: its DEMO_SETTINGS file's (the training
+    clip size; on the CPU its "cpu" entry, a smaller size the model was also trained at, so that a
+    clip takes minutes there), DEMO_DEFAULTS for the bundled model without one, {} for other models."""
+    settings = Path(path) / DEMO_SETTINGS
+    if settings.exists():
+        saved = json.loads(settings.read_text())
+        cpu = saved.pop("cpu", {})
+        return {**saved, **cpu} if str(device).startswith("cpu") else saved
+    return dict(DEMO_DEFAULTS) if Path(path).resolve() == DEMO_MODEL.resolve() else {}
 
 
 def resolve_model(model: str | None) -> tuple[Path, bool]:

@@ -47,7 +47,9 @@ back from each call, so that a later machine can go on from them. Where a call c
 few files of limited size (this project's GPU machine: 8 files, 16 MiB each), pack them:
 `tar cf - -C runs demo2 --exclude training_state.pt | split -b 15M - $OUT/demo2.tar.`, and on the
 next machine `cat demo2.tar.* | tar xf - -C runs`. demo2 needs about 8 minutes for the VAE and
-at least 15 for the transformer (issue 18), which is most of one session's 30 minutes of device time.
+at least 15 for the transformer (issue 18), which is most of one session's 30 minutes of device time;
+scripts/train_demo2_call.sh is one such call. The first attempt (3 minutes of VAE) gave a VAE whose
+round trip fails the prompt check, and so a model that shows nothing: docs/results/demo2_attempt1/.
 """
 
 from __future__ import annotations
@@ -69,14 +71,15 @@ import torch.nn.functional as F
 from diffusers import WanPipeline
 from diffusers.utils import logging as diffusers_logging
 
+from dit_sparse import generation as gen
 from dit_sparse.demo import build_pipeline, caption, render_clips, sample_specs
 from dit_sparse.demo.components import save_pipeline
 from dit_sparse.demo.scenes import caption_scene, render_scenes, sample_scenes
 
 TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
-    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256, "low_every": 0},
-    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512, "low_every": 4},
-    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0},
+    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256, "low_every": 0, "vae_frames": 9},
+    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512, "low_every": 4, "vae_frames": 17},
+    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0, "vae_frames": 9},
 }
 DATA = {  # --data: (sample n specs, caption a spec, render specs)
     "clips": (sample_specs, caption, render_clips),
@@ -109,7 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--low-every", type=int,
                    help="every Nth transformer step trains at --resolution / 2 with 4x the clips, the same tokens, so that "
                         "the model also renders at half size (the CPU demo's); 0: off (default per --size: demo2 4)")
-    p.add_argument("--vae-frames", type=int, default=9, help="frames per VAE training clip")
+    p.add_argument("--vae-frames", type=int,
+                   help="frames per VAE training clip (default per --size: demo 9; demo2 17, as a VAE trained on 9 "
+                        "frames decoded frames past the 10th of a 33-frame clip badly)")
     p.add_argument("--vae-crop", type=int, default=128, help="square crop of VAE training clips")
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--stats-clips", type=int, help="full-length clips for the latent mean/std (demo default 64)")
@@ -127,6 +132,7 @@ def parse_args(argv=None):
     args.stats_clips = args.stats_clips or defaults["stats_clips"]
     args.resolution = args.resolution or defaults["resolution"]
     args.low_every = defaults["low_every"] if args.low_every is None else args.low_every
+    args.vae_frames = args.vae_frames or defaults["vae_frames"]
     args.vae_batch = args.batch_size or defaults["vae_batch"]
     args.transformer_batch = args.batch_size or defaults["transformer_batch"]
     return args
@@ -515,9 +521,19 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
     return finished
 
 
+def demo_settings(args) -> dict:
+    """The call settings the model was trained for (`generation.demo_defaults` reads them): its clip
+    size, and on the CPU the half size that --low-every also trained."""
+    settings = dict(gen.DEMO_DEFAULTS, num_frames=args.num_frames, height=args.resolution, width=args.resolution)
+    if args.low_every:
+        settings["cpu"] = dict(height=args.resolution // 2, width=args.resolution // 2)
+    return settings
+
+
 def save(pipe, args):
     dtype = torch.float16 if args.save_dtype == "fp16" else torch.bfloat16
     save_pipeline(pipe, args.out, dtype)
+    (Path(args.out) / gen.DEMO_SETTINGS).write_text(json.dumps(demo_settings(args), indent=2) + "\n")
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file() and not f.name.startswith(STATE_FILE))
     parts = {
         name: sum(f.stat().st_size for f in (Path(args.out) / name).rglob("*") if f.is_file())

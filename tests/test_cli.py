@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
+from dit_sparse import generation
 from dit_sparse.cli import main
 from dit_sparse.demo.components import build_pipeline
 
@@ -46,6 +47,18 @@ def test_generate_writes_playable_mp4_and_sidecar(model_dir, tmp_path, capsys):
     assert meta["steps"] == 2 and meta["wall_s"] > 0 and meta["transformer_s"] > 0
     assert meta["stats"]["sparse_calls"] > 0  # balanced at 2 steps: no dense warm-up step, so it ran sparse
     assert "wall time" in stdout and "sparsity: mean density" in stdout
+
+
+def test_a_demo_model_generates_at_its_cpu_size_on_the_cpu(tmp_path, capsys):
+    """Without --height/--width a model folder with a demo settings file takes its "cpu" size on the CPU."""
+    model = tmp_path / "demo_like"
+    build_pipeline("tiny").save_pretrained(model)
+    (model / generation.DEMO_SETTINGS).write_text(json.dumps(dict(
+        num_frames=5, height=128, width=128, steps=1, guidance_scale=1.0, max_sequence_length=16, cpu=dict(height=32, width=48))))
+    out = tmp_path / "clip.mp4"
+    code, _, _ = run(capsys, "generate", "--model", model, "--prompt", "x", "--device", "cpu", "--output", out)
+    assert code == 0 and read_mp4(out).shape[:3] == (5, 32, 48)
+    assert json.loads(out.with_suffix(".json").read_text())["steps"] == 1
 
 
 def read_mp4(path):

@@ -1,5 +1,6 @@
 """Demo pipeline builders: tokenizer, tiny pipeline from a prompt, save/load, and the training script."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
+from dit_sparse import generation
 from dit_sparse.demo import SIZES, VOCABULARY, build_pipeline, build_tokenizer
 from dit_sparse.demo.components import save_pipeline
 
@@ -95,6 +97,8 @@ def test_training_script_smoke_run_gives_a_loadable_pipeline(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[transformer] step 2" in result.stdout and "saved" in result.stdout
+    settings = json.loads((out / generation.DEMO_SETTINGS).read_text())
+    assert (settings["num_frames"], settings["height"], settings["width"]) == (9, 64, 64) and "cpu" not in settings
     pipe = WanPipeline.from_pretrained(out, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     z_dim = pipe.vae.config.z_dim

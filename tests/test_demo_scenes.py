@@ -165,11 +165,11 @@ def load_training_script():
 
 
 def test_training_resumes_where_it_stopped(tmp_path, capsys):
-    """Three one-step calls with --resume end where one three-step call does, on scenes."""
+    """Three one-step calls with --resume end where one three-step call does, on scenes, with half-size steps."""
     train = load_training_script()
     common = ["--size", "tiny", "--data", "scenes", "--stage", "transformer", "--steps", "3", "--minutes", "1e9",
               "--num-frames", "5", "--resolution", "32", "--batch-size", "2", "--pool", "0", "--device", "cpu",
-              "--log-every", "1", "--warmup", "1"]
+              "--log-every", "1", "--warmup", "1", "--low-every", "2"]
     train.main(common + ["--out", str(tmp_path / "once")])
     capsys.readouterr()
     for call in range(3):
@@ -182,6 +182,8 @@ def test_training_resumes_where_it_stopped(tmp_path, capsys):
     assert "nothing left to train" in capsys.readouterr().out
     once, calls = (torch.load(tmp_path / name / train.STATE_FILE, weights_only=True) for name in ("once", "calls"))
     assert once["step"] == calls["step"] == 3 and once["finished"] and calls["finished"]
+    settings = json.loads((tmp_path / "calls" / "dit_sparse_demo.json").read_text())
+    assert (settings["height"], settings["cpu"]) == (32, {"height": 16, "width": 16})
     for name in ("transformer", "text_encoder"):
         for key, value in once["weights"][name].items():
             torch.testing.assert_close(calls["weights"][name][key], value, rtol=0, atol=0, msg=f"{name} {key}")

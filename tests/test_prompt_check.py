@@ -3,8 +3,10 @@ captions, passes the generator's own clips, and fails clips whose prompt names a
 colour, or whose object is missing."""
 
 import json
+from types import SimpleNamespace
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,8 +61,37 @@ def test_study_writes_the_ceiling_and_each_model(model_dir, tmp_path):  # noqa: 
     prompt_following.main(["--model", f"tiny={model_dir}", "--out", str(tmp_path), "--seeds", "0", "--prompts", "2",
                            "--steps", "2", "--num-frames", "5", "--height", "32", "--width", "32", "--device", "cpu"])
     result = json.loads((tmp_path / "prompt_following.json").read_text())
-    assert list(result["models"]) == ["procedural generator", "tiny"]
+    assert list(result["models"]) == ["procedural generator", "tiny: VAE round trip", "tiny"]
     assert result["models"]["procedural generator"]["summary"]["follows"] == 1.0
     assert result["models"]["tiny"]["summary"]["clips"] == 2
+    assert result["models"]["tiny: VAE round trip"]["summary"]["clips"] == 2
     assert set(STUDY_PROMPTS) <= set(prompt_following.PROMPTS)
     assert "| tiny | 2 |" in (tmp_path / "prompt_following.md").read_text()
+
+
+class _IdentityVAE(torch.nn.Module):
+    """encode/decode in diffusers' shape, exact: the round trip must give the clip back."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def encode(self, x):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x * self.scale))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=z / self.scale)
+
+
+def test_round_trip_keeps_layout_and_range():
+    frames = prompt_following.generator_clip(STUDY_PROMPTS[0], 5, 32, 32)
+    back = prompt_following.round_trip(_IdentityVAE(), frames)
+    assert back.shape == frames.shape == (5, 32, 32, 3)
+    np.testing.assert_allclose(back, frames, atol=1e-6)
+
+
+def test_round_trip_only_generates_nothing(model_dir, tmp_path):  # noqa: F811
+    prompt_following.main(["--model", f"tiny={model_dir}", "--out", str(tmp_path), "--prompts", "1", "--round-trip-only",
+                           "--num-frames", "5", "--height", "32", "--width", "32", "--device", "cpu"])
+    result = json.loads((tmp_path / "prompt_following.json").read_text())
+    assert list(result["models"]) == ["procedural generator", "tiny: VAE round trip"]

@@ -3,7 +3,7 @@
     from dit_sparse.demo import call_arguments, load_pipeline
 
     pipe = load_pipeline()                                   # a stock diffusers WanPipeline
-    frames = pipe(**call_arguments("a red circle moving right on a blue background")).frames[0]
+    frames = pipe(**call_arguments("a red circle moving right on a blue background", pipe.device)).frames[0]
 
 The model was trained at one clip size, so it needs `call_arguments` (WanPipeline's own defaults
 ask for 81 frames at 480x832 and 512 text tokens).
@@ -29,9 +29,13 @@ def load_pipeline(device: str | torch.device | None = None, dtype: str | torch.d
     return gen.load_pipeline(gen.DEMO_MODEL, dtype=dtype, device=device)
 
 
-def call_arguments(prompt: str, **overrides) -> dict:
-    """The pipeline call for `prompt` at the demo model's training settings: 33 frames of 256x256,
-    32 text tokens (longer zero-padded text shifts its cross-attention), 20 steps, guidance 5.0.
+def call_arguments(prompt: str, device: str | torch.device | None = None, **overrides) -> dict:
+    """The pipeline call for `prompt` at the demo model's training settings (`generation.demo_defaults`:
+    its clip size, on the CPU a smaller one it was also trained at; 32 text tokens, as longer
+    zero-padded text shifts its cross-attention; 20 steps, guidance 5.0) for a pipeline on `device`
+    (default: where `load_pipeline` puts it).
     `overrides` are WanPipeline call arguments (e.g. num_inference_steps=10, generator=...)."""
-    arguments = {_CALL_NAMES[name]: value for name, value in gen.DEMO_DEFAULTS.items()}
+    device = gen.pick_device(None)[0] if device is None else str(device)
+    defaults = gen.demo_defaults(gen.DEMO_MODEL, device)
+    arguments = {_CALL_NAMES[name]: value for name, value in defaults.items()}
     return dict(arguments, prompt=prompt, **overrides)

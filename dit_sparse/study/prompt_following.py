@@ -1,7 +1,8 @@
 """Do the demo model's clips follow their prompts? `dit_sparse.demo.prompt_check` on dense
 generations of the study and contact-sheet prompts, per model (`--model LABEL=PATH`, repeatable;
 default: the bundled demo model), beside the generator's own clips of the same prompts (the
-ceiling of the check). Writes prompt_following.json / .md into --out.
+ceiling of the check), and beside each model's VAE round trip of those clips (its own ceiling: a
+transformer cannot draw what its VAE cannot decode). Writes prompt_following.json / .md into --out.
 
     python scripts/prompt_following.py --out docs/results --seeds 0,1 --device cpu
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,16 +40,31 @@ def generator_clip(prompt: str, num_frames: int, height: int, width: int) -> np.
     return ((clip.permute(1, 2, 3, 0) + 1) / 2).numpy()
 
 
-def check_model(path, seeds: list[int], args) -> list[dict]:
-    """Dense clips of every prompt and seed from the pipeline at `path`, each checked."""
+@torch.no_grad()
+def round_trip(vae, frames: np.ndarray) -> np.ndarray:
+    """`frames` (F, H, W, 3) in [0, 1] encoded by `vae` (latent mode) and decoded again, in the same layout."""
+    param = next(vae.parameters())
+    clip = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].to(param.device, param.dtype) * 2 - 1
+    decoded = vae.decode(vae.encode(clip).latent_dist.mode()).sample[0].float().clamp(-1, 1)
+    return ((decoded + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def check_model(path, seeds: list[int], args) -> tuple[list[dict], list[dict]]:
+    """The VAE round trips of the generator's clips, then dense clips of every prompt and seed from the
+    pipeline at `path` (none with --round-trip-only), each checked."""
     pipe, spec, request, _ = study_pipeline(args, path)
+    prompts = PROMPTS[: args.prompts]
+    trips = [check_clip(round_trip(pipe.vae, generator_clip(p, args.num_frames, args.height, args.width)), p)
+             for p in prompts]
     checks = []
-    for prompt in PROMPTS[: args.prompts]:
+    if args.round_trip_only:
+        return trips, checks
+    for prompt in prompts:
         for seed in seeds:
             result = gen.generate(pipe, spec, replace(request, prompt=prompt, seed=seed))
             checks.append(dict(check_clip(result.frames, prompt), seed=seed))
             print(f"{prompt} (seed {seed}): follows {checks[-1]['follows']}", flush=True)
-    return checks
+    return trips, checks
 
 
 def markdown(result: dict) -> str:
@@ -58,7 +75,8 @@ def markdown(result: dict) -> str:
         f"{m['steps']} steps, dense attention, seeds {m['seeds']}. The check (`dit_sparse/demo/prompt_check.py`) "
         "uses the procedural generator's vocabulary only: the prompted object is visible (pixels near its colour "
         "in >= 80% of the frames) and its centroid or area moves as the prompt says. The generator row is the "
-        "generator's own clip of each prompt: the ceiling of the check.", "",
+        "generator's own clip of each prompt: the ceiling of the check. A model's VAE round trip row is the "
+        "generator's clips encoded and decoded by that model's VAE: the ceiling of that model.", "",
         "| model | clips | object visible | moves as asked | follows the prompt | object pixels | background pixels |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -89,20 +107,23 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=gen.DEMO_DEFAULTS["width"])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--round-trip-only", action="store_true", help="check the VAE round trips alone, generate nothing")
     args = ap.parse_args(argv)
     models = dict(m.split("=", 1) for m in args.model) if args.model else {"bundled demo model": None}
     seeds = [int(s) for s in args.seeds.split(",")]
     prompts = list(PROMPTS[: args.prompts])
     ceiling = [check_clip(generator_clip(p, args.num_frames, args.height, args.width), p) for p in prompts]
     result = dict(
-        meta=dict(command="python scripts/prompt_following.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        meta=dict(command="python scripts/prompt_following.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                   device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", seeds=seeds,
                   prompts=prompts, steps=args.steps, num_frames=args.num_frames, height=args.height, width=args.width),
         models={"procedural generator": dict(summary=summarise(ceiling), checks=ceiling)},
     )
     for label, path in models.items():
-        checks = check_model(path, seeds, args)
-        result["models"][label] = dict(summary=summarise(checks), checks=checks)
+        trips, checks = check_model(path, seeds, args)
+        result["models"][f"{label}: VAE round trip"] = dict(summary=summarise(trips), checks=trips)
+        if checks:
+            result["models"][label] = dict(summary=summarise(checks), checks=checks)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "prompt_following.json").write_text(json.dumps(result, indent=1))
     (args.out / "prompt_following.md").write_text(markdown(result))
