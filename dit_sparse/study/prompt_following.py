@@ -10,7 +10,6 @@ transformer cannot draw what its VAE cannot decode). Writes prompt_following.jso
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from dataclasses import replace
@@ -24,7 +23,7 @@ from dit_sparse.demo import SHEET_PROMPTS, STUDY_PROMPTS
 from dit_sparse.demo.clips import ClipSpec, render_clips
 from dit_sparse.demo.prompt_check import check_clip, parse_prompt, summarise
 
-from .quality_study import study_pipeline
+from .quality_study import study_pipeline, write_results
 
 PROMPTS = tuple(dict.fromkeys(SHEET_PROMPTS + STUDY_PROMPTS))
 
@@ -124,9 +123,7 @@ def main(argv=None):
         result["models"][f"{label}: VAE round trip"] = dict(summary=summarise(trips), checks=trips)
         if checks:
             result["models"][label] = dict(summary=summarise(checks), checks=checks)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prompt_following.json").write_text(json.dumps(result, indent=1))
-    (args.out / "prompt_following.md").write_text(markdown(result))
+    write_results(args.out, "prompt_following", result, markdown(result))
     print(markdown(result))
 
 

@@ -208,6 +208,13 @@ def parse_study_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespa
     return args
 
 
+def write_results(out: Path, stem: str, result: dict, text: str):
+    """A study's results as out/stem.json and its report as out/stem.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{stem}.md").write_text(text)
+
+
 def study_report(args, command: str, module: str, folder: Path, run_compare) -> tuple[dict, list[int], int, str] | None:
     """The compare report a study summarises, its seeds, how many processes made it and the
     command to cite: re-read from --report, made by --workers processes of `module`, or by
@@ -255,9 +262,7 @@ def main(argv=None):
         targets=dict(balanced_psnr=quality.finite_or_inf(balanced), balanced_met=balanced >= TARGET_PSNR, cache_loss_db=quality.finite_or_inf(loss),
                      cache_met=loss <= TARGET_CACHE_LOSS, cache_paired=paired_loss(report, "refresh_1", "refresh_5")),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_demo.json").write_text(json.dumps(result, indent=1))
-    (args.out / "quality_demo.md").write_text(markdown(result))
+    write_results(args.out, "quality_demo", result, markdown(result))
     plot_psnr_vs_density(rows, args.out / "quality_demo_psnr_vs_density.png")
     kinds = folder / "head_kinds_balanced.png"
     if kinds.exists():

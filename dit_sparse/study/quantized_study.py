@@ -18,7 +18,6 @@ fp8: kernels_quantized_h200.md), so the study runs on any device, the CPU includ
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from dit_sparse.kernels.quantized_attention import PRECISIONS
 from dit_sparse.media import video_suffix
 from dit_sparse.patterns import block_tables
 
-from .quality_study import study_parser, study_pipeline
+from .quality_study import study_parser, study_pipeline, write_results
 
 BLOCK = 128
 TARGET_REL_L2 = 0.03
@@ -198,9 +197,7 @@ def main(argv=None):
                   **{k: report["meta"]["request"][k] for k in ("steps", "num_frames", "height", "width")}),
         accuracy=accuracy(records, list(PRECISIONS)), quality=summarise_quality(report, args.preset, formats),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_quantized.json").write_text(json.dumps(result, indent=1))
-    (args.out / "quality_quantized.md").write_text(markdown(result))
+    write_results(args.out, "quality_quantized", result, markdown(result))
     print(markdown(result))
 
 

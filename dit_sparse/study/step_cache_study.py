@@ -30,7 +30,7 @@ from dit_sparse.compare import _fmt, compare
 from dit_sparse.demo import STUDY_PROMPTS
 from dit_sparse.media import video_suffix
 
-from .quality_study import parse_study_args, study_parser, study_pipeline, study_report
+from .quality_study import parse_study_args, study_parser, study_pipeline, study_report, write_results
 
 PRESETS = ("balanced", "fast")
 # diffusers' default threshold (0.05) served no step of the demo model in 20 steps: the first
@@ -207,9 +207,7 @@ def main(argv=None):
                   **{k: meta["request"][k] for k in ("steps", "num_frames", "height", "width", "guidance_scale")}),
         **summarise(report),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_step_cache.json").write_text(json.dumps(result, indent=1))
-    (args.out / "quality_step_cache.md").write_text(markdown(result))
+    write_results(args.out, "quality_step_cache", result, markdown(result))
     (args.out / "step_cache_schedules.json").write_text(json.dumps(result["schedules"], indent=1))
     print(markdown(result))
 
