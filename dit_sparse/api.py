@@ -150,9 +150,9 @@ def apply(target, config: SparseAttentionConfig | None = None, cache=None) -> Sp
     attention, by name ("first-block", "mag", "taylorseer"; "none" removes the one added before)
     or as a diffusers cache config (FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig,
     FasterCacheConfig, PyramidAttentionBroadcastConfig); None keeps what is there. The cache is
-    kept from skipping the dense warm-up steps (dit_sparse/step_cache.py), and `remove` removes
-    it. MagCache needs magnitude ratios per model: bundled for the demo model, else calibrate
-    them (`calibrate_mag_cache`, `dit-sparse calibrate`)."""
+    kept from skipping the dense warm-up steps (dit_sparse/step_cache.py; `config.cache_in_warmup`
+    lets it), and `remove` removes it. MagCache needs magnitude ratios per model: bundled for the
+    demo model, else calibrate them (`calibrate_mag_cache`, `dit-sparse calibrate`)."""
     outer = transformers_of(target)
     transformers = {name: hooks.unwrap(t) for name, t in outer.items()}
     handles = {id(h) for t in transformers.values() if (h := getattr(t, HANDLE_ATTRIBUTE, None)) is not None}

@@ -85,6 +85,8 @@ def _sparse_options(p: argparse.ArgumentParser):
     s.add_argument("--recall", type=float, help="attention mass a head's band must keep")
     c = p.add_argument_group("step cache")
     c.add_argument("--cache", choices=CACHE_CHOICES, default="none", help=CACHE_HELP)
+    c.add_argument("--cache-in-warmup", action="store_true", default=None,
+                   help="let the cache serve steps inside the dense warm-up too (default: held off there)")
     c.add_argument("--mag-ratios", type=Path, help="MagCache's magnitude ratios for this model: the JSON file "
                    "dit-sparse calibrate wrote (needed with --cache mag for any model but the demo model)")
 

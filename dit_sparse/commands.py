@@ -35,11 +35,14 @@ def _given(value, default):
 
 def _overrides(args) -> dict:
     return dict(dense_steps=args.dense_steps, dense_layers=args.dense_layers, refresh_every=args.refresh_every,
-                density=args.density, recall=args.recall)
+                density=args.density, recall=args.recall, cache_in_warmup=args.cache_in_warmup)
 
 
 def _cache(args):
     """What --cache and --mag-ratios ask for, as `apply(cache=...)` takes it (None: no cache)."""
+    if args.cache_in_warmup and args.cache == "none":
+        raise gen.GenerationError("--cache-in-warmup lets a step cache serve warm-up steps: add --cache "
+                                  "(first-block, mag or taylorseer).")
     if args.mag_ratios is not None and args.cache != "mag":
         raise gen.GenerationError(f"--mag-ratios is MagCache's: add --cache mag (got --cache {args.cache}).")
     if args.cache == "mag" and args.mag_ratios is not None:

@@ -61,6 +61,10 @@ class SparseAttentionConfig:
     quantized_warmup: bool = False
     """With precision "int8" / "fp8": the dense warm-up steps run the quantized kernel in dense
     mode (every key block) instead of the model's own attention, where the quantized kernel runs."""
+    cache_in_warmup: bool = False
+    """With a step cache (`apply(..., cache=...)`): let it serve steps inside the dense warm-up too,
+    under its own rules. By default it is held off there, so that the warm-up runs exact; serving
+    there saves most on models whose warm-up is a large share of the time (issue 21)."""
 
     def __post_init__(self):
         def bad(field, value, allowed):

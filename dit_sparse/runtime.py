@@ -125,7 +125,8 @@ class SparseRuntime:
         self._names_this_step.add(name)
         self._decide(torch.device("cpu") if device is None else device)
         if self.step_cache is not None:
-            self.step_cache.align(self.step, self.num_steps, self.warmup_steps(), sparse=self.enabled)
+            held = 0 if self.config.cache_in_warmup else self.warmup_steps()  # steps the cache may not serve
+            self.step_cache.align(self.step, self.num_steps, held, sparse=self.enabled)
 
     def warmup_steps(self) -> int:
         """How many of this generation's first steps run dense (`dense_steps`)."""

@@ -6,8 +6,9 @@ turns `cache=` (a name from CACHE_NAMES or a diffusers config object) into the c
 enable, with clear errors for what cannot work; `StepCache` enables it, removes it again, and
 before every transformer call keeps the cache from skipping our dense warm-up steps: those steps
 are meant to run exact attention, so a cache that skipped them would silently shorten the
-warm-up. Where the cache has a warm-up of its own that is longer, the steps after ours run
-sparse and computed, so neither side's full-compute steps are wasted:
+warm-up (unless `SparseAttentionConfig.cache_in_warmup`). Where the cache has a warm-up of its
+own that is longer, the steps after ours run sparse and computed, so neither side's full-compute
+steps are wasted:
 
 - MagCache: it never skips its first `retention_ratio` of the steps; raised to cover ours. Its
   ratios and step count follow each generation's step count (diffusers fixes both at config time).

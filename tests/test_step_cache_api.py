@@ -3,6 +3,8 @@ cache is kept from skipping the dense warm-up steps, MagCache follows the genera
 count, `remove` removes the cache, and what cannot work is refused with a message saying what
 to do, leaving the model as it was."""
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
@@ -50,6 +52,21 @@ def test_the_cache_never_skips_the_dense_warmup(kind):
     stats = handle.stats()
     assert stats.skipped_steps["transformer"] and min(stats.computed_steps["transformer"]) >= WARMUP
     assert stats.sparse_calls == sum(aligned[WARMUP:])
+
+
+@pytest.mark.parametrize("kind", ["first-block", "mag"])
+def test_cache_in_warmup_lets_the_cache_serve_there(kind):
+    """With cache_in_warmup the warm-up steps are served as the cache alone serves them (the warm-up's
+    attention is the model's own, so the cache sees the same outputs), not held off."""
+    family = "wan"
+    pipe = sc.FAMILIES[family].build()
+    pipe.transformer.enable_cache(sc.cache_config(kind, family, pipe))
+    by_hand = computed_steps(pipe, family, kind)
+    assert min(by_hand[:WARMUP]) < max(by_hand)
+    pipe = sc.FAMILIES[family].build()
+    served = dataclasses.replace(config(), cache_in_warmup=True)
+    dit_sparse.apply(pipe, served, cache=sc.cache_config(kind, family, pipe))
+    assert computed_steps(pipe, family, kind)[:WARMUP] == by_hand[:WARMUP]  # with some served, by the line above
 
 
 def test_named_caches_run_and_remove_cleanly():

@@ -49,6 +49,17 @@ def test_mag_cache_without_ratios_and_stray_ratios_are_refused(model_dir, tmp_pa
     assert code == 2 and "add --cache mag" in err
 
 
+def test_cache_in_warmup_reaches_the_config_and_needs_a_cache(model_dir, tmp_path, capsys):
+    out = tmp_path / "clip.gif"
+    code, _, err = run(capsys, "generate", "--model", model_dir, "--prompt", "a red circle", *SMALL, "--steps", "2",
+                       "--cache-in-warmup", "--output", out)
+    assert code == 2 and "add --cache" in err
+    code, _, err = run(capsys, "generate", "--model", model_dir, "--prompt", "a red circle", *SMALL, "--steps", "4",
+                       "--cache", "taylorseer", "--cache-in-warmup", "--output", out)
+    assert code == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["cache_in_warmup"] is True
+
+
 def test_calibrate_then_generate_with_the_ratios(model_dir, tmp_path, capsys):
     ratios = tmp_path / "ratios.json"
     code, stdout, _ = run(capsys, "calibrate", "--model", model_dir, "--prompt", "a red circle", "--seeds", "0,1",
