@@ -30,6 +30,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--full-loop", action="store_true")
     ap.add_argument("--loop-caches", default=None, help="comma list: the caches --full-loop runs (default: all)")
+    ap.add_argument("--cache-in-warmup", action="store_true",
+                    help="the caches also serve inside the dense warm-up (pass --schedules of a quality study run "
+                         "with --cache-in-warmup)")
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on the CPU: a test of the code path")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args(argv)
@@ -49,7 +52,8 @@ def main(argv=None):
     schedules, log, records = load_schedules(args.schedules), ProgressLog(), []
     for key in names:
         records += run_model(key, caches, schedules, args.baseline, args.repeats, args.tiny, args.full_loop, device,
-                             dtype, log, args.loop_caches.split(",") if args.loop_caches else None)
+                             dtype, log, args.loop_caches.split(",") if args.loop_caches else None,
+                             cache_in_warmup=args.cache_in_warmup)
         if args.quality:
             attach_quality(records, json.loads(Path(args.quality).read_text()))
         md = write_results(args.out, records, command, device)

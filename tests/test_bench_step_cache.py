@@ -2,6 +2,7 @@
 forced caches really skip or compute, totals follow the schedule, real loops of the
 schedule-driven caches skip what their settings say and are composed from what they skipped."""
 
+import dataclasses
 import json
 
 import pytest
@@ -24,6 +25,11 @@ def test_resample_and_compose():
     # 2 warm-up steps, 4 computed sparse steps (2 profile), 2 skipped
     assert total == dict(n_dense_steps=2, n_profile_steps=2, n_cached_steps=2, n_skipped_steps=2,
                          total_s=2 * 3.5 + 2 * 2.5 + 2 * 1.5 + 2 * 0.25)
+    served = compose(dataclasses.replace(config, cache_in_warmup=True), dict(warmup=3.0, profile=2.0, cached=1.0), skipped,
+                     CacheSteps(1.5, 0.25), overhead=0.5)
+    # step 0 is served now: 1 warm-up step computed, the same 4 sparse steps, 3 skipped
+    assert served == dict(n_dense_steps=1, n_profile_steps=2, n_cached_steps=2, n_skipped_steps=3,
+                          total_s=1 * 3.5 + 2 * 2.5 + 2 * 1.5 + 3 * 0.25)
 
 
 def test_tiny_run_with_schedules_and_loops(tmp_path):
@@ -58,6 +64,18 @@ def test_tiny_run_with_schedules_and_loops(tmp_path):
     md = write_results(tmp_path, records, "test", CPU)
     assert md.name == "step_cache_tiny.md" and "| Wan2.1-T2V-1.3B |" in md.read_text()
     assert len(json.loads((tmp_path / "step_cache_tiny.json").read_text())["records"]) == len(records)
+
+
+def test_tiny_run_serving_inside_the_warmup():
+    """--cache-in-warmup: a schedule that serves every step is composed with no warm-up step computed."""
+    every = [True] * 20
+    schedules = {"first-block": dict(alone=every, by_dense_steps={"0.1": every, "0.2": every}, source="test")}
+    records = run_model("wan1.3b-480", ["first-block"], schedules, "eager", 1, True, False, CPU, torch.float32,
+                        ProgressLog(), cache_in_warmup=True)
+    rows = {(r["config"], r["cache"]): r for r in records}
+    for config in ("balanced", "fast"):
+        assert rows[config, "first-block"]["n_dense_steps"] == 0 and rows[config, "first-block"]["n_skipped_steps"] == 50
+        assert rows[config, "none"]["n_dense_steps"] > 0 and rows[config, "first-block"]["cache_in_warmup"]
 
 
 def test_compiled_blocks_run_under_the_forced_caches():

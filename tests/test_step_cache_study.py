@@ -84,3 +84,16 @@ def test_study_writes_the_schedules_the_benchmark_reads(result):
     assert schedule_for(fbc, fast) == fbc["by_dense_steps"][str(fast.dense_steps)]
     assert schedule_for(fbc, balanced) == fbc["by_dense_steps"][str(balanced.dense_steps)]
     assert "the bundled demo model" in fbc["source"]
+
+
+def test_cache_in_warmup_serves_the_warmup_too(model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """With --cache-in-warmup the combinations serve as the cache alone does, warm-up included."""
+    monkeypatch.setattr(study, "caches", lambda: {"first-block": FirstBlockCacheConfig(threshold=1e9)})
+    study.main(["--model", str(model_dir), "--out", str(tmp_path), "--prompts", "1", "--seeds", "0", "--steps", str(STEPS),
+                "--num-frames", "5", "--height", "32", "--width", "32", "--device", "cpu", "--block-size", "16",
+                "--cache-in-warmup"])
+    data = json.loads((tmp_path / "quality_step_cache.json").read_text())
+    assert data["meta"]["cache_in_warmup"]
+    for preset in study.PRESETS:
+        assert data["rows"][f"{preset}+first-block"]["skipped_steps"] == STEPS - 1
+    assert "cache_in_warmup=True" in (tmp_path / "quality_step_cache.md").read_text()

@@ -123,11 +123,15 @@ class CacheSteps:
 
 def compose(config, steps: dict, skipped: list[bool], cache: CacheSteps, overhead: float) -> dict:
     """The 50-step total of sparse `config` with a cache skipping the steps `skipped` marks; our
-    dense warm-up steps are never skipped (the cache is held there). `steps`: warm-up, profile and
-    cached seconds without the cache; `overhead`: what the cache adds to a computed step."""
-    n_dense = config.num_dense_steps(len(skipped))
-    n_skipped = sum(skipped[n_dense:])  # a step whose calls the cache served in part counts in part
-    n_computed = len(skipped) - n_dense - n_skipped
+    dense warm-up steps are skipped only with `config.cache_in_warmup` (else the cache is held
+    there). `steps`: warm-up, profile and cached seconds without the cache; `overhead`: what the
+    cache adds to a computed step. `n_dense_steps` counts the warm-up steps computed."""
+    warmup = config.num_dense_steps(len(skipped))
+    served_warmup = sum(skipped[:warmup]) if config.cache_in_warmup else 0
+    n_dense = warmup - served_warmup
+    n_sparse_skipped = sum(skipped[warmup:])  # a step whose calls the cache served in part counts in part
+    n_computed = len(skipped) - warmup - n_sparse_skipped
+    n_skipped = n_sparse_skipped + served_warmup
     n_profile = min(n_computed, profile_steps(round(n_computed), config.refresh_every))
     total = (n_dense * (steps["warmup"] + overhead) + n_profile * (steps["profile"] + overhead)
              + (n_computed - n_profile) * cache.computed_s + n_skipped * cache.skipped_s)
@@ -142,18 +146,21 @@ def compose_cache_alone(dense_s: float, skipped: list[bool], dense_cache: CacheS
                 + n_skipped * dense_cache.skipped_s)
 
 
-def loop_schedule(recorder: ComputedCalls, calls_per_step: int, dense_steps: int) -> list[float]:
+def loop_schedule(recorder: ComputedCalls, calls_per_step: int, held_steps: int) -> list[float]:
     """Per step of the last loop, the share of its transformer calls the cache served (a cache
-    may serve the cond call of a step and compute its uncond call); 0 in our warm-up."""
+    may serve the cond call of a step and compute its uncond call); 0 in the first `held_steps`
+    (our warm-up, where the cache is held)."""
     ran = recorder.calls[-STEPS * calls_per_step:]
-    return [0.0 if i < dense_steps else 1.0 - sum(ran[i * calls_per_step:(i + 1) * calls_per_step]) / calls_per_step
+    return [0.0 if i < held_steps else 1.0 - sum(ran[i * calls_per_step:(i + 1) * calls_per_step]) / calls_per_step
             for i in range(STEPS)]
 
 
 def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repeats: int, tiny: bool,
-              full_loop: bool, device, dtype, log: ProgressLog, loop_caches: list[str] | None = None) -> list[dict]:
+              full_loop: bool, device, dtype, log: ProgressLog, loop_caches: list[str] | None = None,
+              cache_in_warmup: bool = False) -> list[dict]:
     """Every record of one model: stock dense, the presets alone, each cache alone and each preset
-    with each cache. A cache's forced computed and skipped steps are timed once, under the balanced
+    with each cache (`cache_in_warmup`: serving inside the dense warm-up too, on schedules of a
+    quality study run with it). A cache's forced computed and skipped steps are timed once, under the balanced
     preset: what it adds to a computed step (its bookkeeping on the hidden states) and what a
     skipped step costs (nothing, or the first block for FirstBlockCache, dense in every config)
     do not depend on the attention, so they carry over to dense and to fast."""
@@ -165,7 +172,8 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
     step_calls = (compiled_calls(bench.model, bench.workload, hookable=True) if baseline == "compiled"
                   else BASELINES[baseline](bench.model, bench.workload))
     calls = ContextCalls(step_calls.module, bench)
-    configs = {k: v for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in PRESETS}
+    configs = {k: dataclasses.replace(v, cache_in_warmup=cache_in_warmup)
+               for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in PRESETS}
     timesteps = bench.timesteps
     records = []
     with torch.no_grad(), sdpa_priority():
@@ -192,7 +200,7 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
             steps[name]["warmup"] = warmup_s
         base = dict(key=key, model=spec.model, height=bench.size[0], width=bench.size[1], num_frames=bench.size[2],
                     tokens=bench.num_tokens, baseline=baseline, steps=STEPS, dense_s_per_step=dense.seconds,
-                    total_dense_s=STEPS * dense.seconds, tiny=tiny,
+                    total_dense_s=STEPS * dense.seconds, tiny=tiny, cache_in_warmup=cache_in_warmup,
                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
         records.append(dict(base, config="dense", cache="none", total_s=STEPS * dense.seconds, speedup=1.0))
         for name, cfg in configs.items():
@@ -242,7 +250,8 @@ def add_loops(records, handle, calls, configs, caches, schedules, steps, timed, 
             recorder = ComputedCalls(SimpleNamespace(transformer=calls.model))
             seconds = wall_seconds(lambda: calls.loop(timesteps), device)
             recorder.close()
-            made = loop_schedule(recorder, len(calls.bench.workload.calls), cfg.num_dense_steps(STEPS))
+            made = loop_schedule(recorder, len(calls.bench.workload.calls),
+                                 0 if cfg.cache_in_warmup else cfg.num_dense_steps(STEPS))
             one = CacheSteps(steps[name]["cached"] + overhead, timed[cache].skipped_s)
             composed = compose(cfg, steps[name], made, one, overhead)["total_s"]
             record = next(r for r in records if r["config"] == name and r["cache"] == cache)

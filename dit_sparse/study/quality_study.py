@@ -155,6 +155,7 @@ def shard_args(args) -> list[str]:
               "--device", args.device, "--dtype", args.dtype]
     shared += ["--model", args.model] if args.model else []
     shared += ["--block-size", str(args.block_size)] if args.block_size else []
+    shared += ["--cache-in-warmup"] if getattr(args, "cache_in_warmup", False) else []  # the step-cache study's
     return shared
 
 

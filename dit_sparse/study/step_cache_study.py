@@ -60,8 +60,8 @@ def configs(**fixed) -> dict[str, SparseAttentionConfig]:
 def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
     """Dense, the presets alone, each cache alone and each combination, in this process."""
     pipe, spec, request, meta = study_pipeline(args)
-    return compare(pipe, spec, prompts=list(STUDY_PROMPTS[: args.prompts]), seeds=seeds,
-                   configs=configs(**({"block_size": args.block_size} if args.block_size else {})), request=request,
+    fixed = dict(cache_in_warmup=args.cache_in_warmup, **({"block_size": args.block_size} if args.block_size else {}))
+    return compare(pipe, spec, prompts=list(STUDY_PROMPTS[: args.prompts]), seeds=seeds, configs=configs(**fixed), request=request,
                    out_dir=folder, shown=["balanced", "dense+mag", "balanced+mag", "fast+taylorseer"],
                    video_suffix=video_suffix()[0], meta=dict(meta, command=command), caches=caches(),
                    sparse_alone=True)
@@ -159,7 +159,10 @@ def markdown(result: dict) -> str:
         "same prompt and seed as dense; PSNR and SSIM per frame against dense, averaged over frames and clips (PSNR over "
         "the clips that differ from dense; identical clips are counted apart). A step counts as served from the cache "
         "when none of its transformer calls (cond, uncond) ran the last block; calls from the cache: the share of all "
-        "transformer calls. Caches: FirstBlockCache "
+        "transformer calls. "
+        + ("The combinations let the cache serve inside the dense warm-up (cache_in_warmup=True). "
+           if m.get("cache_in_warmup") else "")
+        + "Caches: FirstBlockCache "
         f"at threshold {FIRST_BLOCK_THRESHOLD} (diffusers' default 0.05 serves no step here), MagCache with the demo "
         "model's bundled ratios and diffusers' other defaults, TaylorSeer in lite mode at diffusers' defaults. With "
         "sparse attention, no cache serves our dense warm-up steps.", "",
@@ -194,7 +197,10 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None):
-    args = parse_study_args(study_parser(__doc__, runs="quality_step_cache_runs"), argv)
+    parser = study_parser(__doc__, runs="quality_step_cache_runs")
+    parser.add_argument("--cache-in-warmup", action="store_true",
+                        help="the combinations let the cache serve inside the dense warm-up (cache_in_warmup=True)")
+    args = parse_study_args(parser, argv)
     command = "python scripts/quality_step_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
     made = study_report(args, command, __name__, args.out / "quality_step_cache_runs", run_compare)
     if made is None:
@@ -204,6 +210,7 @@ def main(argv=None):
     result = dict(
         meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=processes, prompts=meta["prompts"],
                   seeds=seeds, torch=meta["torch"],
+                  cache_in_warmup=any((c or {}).get("cache_in_warmup", False) for c in report["configs"].values()),
                   **{k: meta["request"][k] for k in ("steps", "num_frames", "height", "width", "guidance_scale")}),
         **summarise(report),
     )
