@@ -57,12 +57,12 @@ def _cache(args):
 
 
 def _model(args):
-    """The pipeline folder of `args`, whether it is the demo model, and its pipeline's spec."""
-    path, is_demo = gen.resolve_model(args.model)
-    return path, is_demo, gen.pipeline_spec(gen.pipeline_class_name(path))
+    """The pipeline folder of `args` and its pipeline's spec."""
+    path, _ = gen.resolve_model(args.model)
+    return path, gen.pipeline_spec(gen.pipeline_class_name(path))
 
 
-def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec, cached: bool = False):
+def _setup(args, prompt: str, path: Path, spec: gen.PipelineSpec, cached: bool = False):
     """Load the pipeline, check the request, and return what a generation needs. `cached`: a
     step cache will be added (--compile then compiles the blocks so that its hooks wrap them)."""
     if getattr(args, "fps", 1) < 1:
@@ -90,11 +90,11 @@ def _setup(args, prompt: str, path: Path, is_demo: bool, spec: gen.PipelineSpec,
 
 def generate_command(args, command_line: str) -> int:
     config = preset_config(args.preset, _overrides(args))
-    path, is_demo, spec = _model(args)
+    path, spec = _model(args)
     output = Path(args.output) if args.output else Path("dit_sparse_output" + (".mp4" if spec.video else ".png"))
     gen.check_output(output, spec)
     cache = _cache(args)
-    pipe, request, meta = _setup(args, args.prompt, path, is_demo, spec, cached=cache is not None)
+    pipe, request, meta = _setup(args, args.prompt, path, spec, cached=cache is not None)
     try:
         handle = apply(pipe, config, cache=cache) if config is not None else None
         if config is None and cache is not None:  # the cache alone, with the model's own attention
@@ -140,8 +140,8 @@ def compare_command(args, command_line: str) -> int:
     if not args.seeds:
         raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
     cache = _cache(args)
-    path, is_demo, spec = _model(args)
-    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec, cached=cache is not None)
+    path, spec = _model(args)
+    pipe, request, meta = _setup(args, prompts[0], path, spec, cached=cache is not None)
     suffix, problem = video_suffix()
     if problem is not None:  # say so now, not after the first clip
         print(f"note: {problem}; the side-by-side videos are written as GIF", file=sys.stderr)
@@ -170,8 +170,8 @@ def calibrate_command(args, command_line: str) -> int:
     prompts = _prompts(args)
     if not args.seeds:
         raise gen.GenerationError("--seeds needs at least one integer, e.g. 0,1.")
-    path, is_demo, spec = _model(args)
-    pipe, request, meta = _setup(args, prompts[0], path, is_demo, spec, cached=True)  # MagCache calibrates through its hook
+    path, spec = _model(args)
+    pipe, request, meta = _setup(args, prompts[0], path, spec, cached=True)  # MagCache calibrates through its hook
     if request.steps is None:  # the pipeline's default step count, stated so that every call has it
         request = replace(request, steps=gen.default_steps(pipe))
     calls = [dict(gen.call_kwargs(pipe, spec, replace(request, prompt=prompt, seed=seed)), output_type="latent")
