@@ -97,3 +97,11 @@ def test_cache_in_warmup_serves_the_warmup_too(model_dir, tmp_path, monkeypatch)
     for preset in study.PRESETS:
         assert data["rows"][f"{preset}+first-block"]["skipped_steps"] == STEPS - 1
     assert "cache_in_warmup=True" in (tmp_path / "quality_step_cache.md").read_text()
+
+
+def test_worker_processes_repeat_cache_in_warmup():
+    """--workers runs shards with the options every worker repeats: --cache-in-warmup among them."""
+    from dit_sparse.study.quality_study import shard_args
+
+    assert "--cache-in-warmup" in shard_args(study.parser().parse_args(["--cache-in-warmup"]))
+    assert "--cache-in-warmup" not in shard_args(study.parser().parse_args([]))

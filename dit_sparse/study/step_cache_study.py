@@ -196,11 +196,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parser():
+    """The study's options: those of every study, and --cache-in-warmup."""
+    ap = study_parser(__doc__, runs="quality_step_cache_runs")
+    ap.add_argument("--cache-in-warmup", action="store_true",
+                    help="the combinations let the cache serve inside the dense warm-up (cache_in_warmup=True)")
+    return ap
+
+
 def main(argv=None):
-    parser = study_parser(__doc__, runs="quality_step_cache_runs")
-    parser.add_argument("--cache-in-warmup", action="store_true",
-                        help="the combinations let the cache serve inside the dense warm-up (cache_in_warmup=True)")
-    args = parse_study_args(parser, argv)
+    args = parse_study_args(parser(), argv)
     command = "python scripts/quality_step_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
     made = study_report(args, command, __name__, args.out / "quality_step_cache_runs", run_compare)
     if made is None:
