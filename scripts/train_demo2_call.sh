@@ -3,8 +3,8 @@
 #
 #   CALL_MINUTES=9 TOTAL_MINUTES=19 OUT=/some/dir bash scripts/train_demo2_call.sh [eval]
 #
-# - No runs/demo2 yet: trains the VAE (VAE_MINUTES, default 8) into runs/demo2-vae and checks its round
-#   trip of the generator's clips (prompt_following --round-trip-only, into $OUT/vae); then starts the
+# - No runs/demo2 yet: trains the VAE (VAE_MINUTES, default 3; it starts as a block-average codec) into
+#   runs/demo2-vae and checks its round trip of the generator's clips (prompt_following --round-trip-only, into $OUT/vae); then starts the
 #   transformer from it, unless NO_TRANSFORMER=1 (a VAE-only call, to look at the round trip first).
 # - Otherwise the transformer goes on (--resume): exactly where the machine kept
 #   runs/demo2/training_state.pt, from the pipeline's weights where only the folder came back.
@@ -16,7 +16,7 @@
 #   training resolution (512) and at the CPU demo's (256), into $OUT/eval.
 set -euo pipefail
 : "${OUT:?set OUT to the folder to return}" "${CALL_MINUTES:?}" "${TOTAL_MINUTES:?}"
-VAE_MINUTES=${VAE_MINUTES:-8}
+VAE_MINUTES=${VAE_MINUTES:-3}
 RUNS=${RUNS:-runs}
 TRAIN="python3 scripts/train_demo_model.py --size demo2 --data scenes"
 mkdir -p "$RUNS" "$OUT"

@@ -37,7 +37,7 @@ tokens; --size demo2 trains at 512 by default). The first call trains the VAE; t
 second until it prints "[transformer] finished" (--minutes 40: five calls of 8.5 minutes, the
 rest of each call going to start-up and saving):
 
-    python scripts/train_demo_model.py --size demo2 --data scenes --stage vae --minutes 8 --out runs/demo2-vae
+    python scripts/train_demo_model.py --size demo2 --data scenes --stage vae --minutes 3 --out runs/demo2-vae
     python scripts/train_demo_model.py --size demo2 --data scenes --stage transformer --init runs/demo2-vae \
         --minutes 40 --call-minutes 8.5 --out runs/demo2 --resume
 
@@ -46,16 +46,18 @@ stays the same; the pipeline folder (28 MB) and its training_progress.json are w
 back from each call, so that a later machine can go on from them. Where a call can return only a
 few files of limited size (this project's GPU machine: 8 files, 16 MiB each), pack them:
 `tar cf - -C runs demo2 --exclude training_state.pt | split -b 15M - $OUT/demo2.tar.`, and on the
-next machine `cat demo2.tar.* | tar xf - -C runs`. demo2 needs about 8 minutes for the VAE and
-at least 15 for the transformer (issue 18), which is most of one session's 30 minutes of device time;
-scripts/train_demo2_call.sh is one such call. The first attempt (3 minutes of VAE) gave a VAE whose
-round trip fails the prompt check, and so a model that shows nothing: docs/results/demo2_attempt1/.
+next machine `cat demo2.tar.* | tar xf - -C runs`. scripts/train_demo2_call.sh is one such call.
+The first attempt trained demo2's VAE from random weights; its round trip failed the prompt check,
+and so the model showed nothing (docs/results/demo2_attempt1/). demo2's VAE now starts as a
+block-average codec (dit_sparse/demo/vae_init.py) and trains at --vae-lr 1e-5 only to refine it;
+if its held-out reconstruction gets worse, it goes back to the start.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -77,9 +79,12 @@ from dit_sparse.demo.components import save_pipeline
 from dit_sparse.demo.scenes import caption_scene, render_scenes, sample_scenes
 
 TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
-    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256, "low_every": 0, "vae_frames": 9},
-    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512, "low_every": 4, "vae_frames": 17},
-    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0, "vae_frames": 9},
+    "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256, "low_every": 0, "vae_frames": 9,
+             "vae_lr": 3e-4},
+    "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512, "low_every": 4, "vae_frames": 17,
+              "vae_lr": 1e-5},  # its VAE starts as a working codec (vae_init), which 1e-4 already breaks on the 1st step
+    "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0, "vae_frames": 9,
+             "vae_lr": 3e-4},
 }
 DATA = {  # --data: (sample n specs, caption a spec, render specs)
     "clips": (sample_specs, caption, render_clips),
@@ -104,7 +109,8 @@ def parse_args(argv=None):
     p.add_argument("--call-minutes", type=float, help="end this call after this long (and a step); --resume goes on")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0, help=f"write --out/{STATE_FILE} this often")
     p.add_argument("--batch-size", type=int, help="clips per step (demo default: 16 vae, 32 transformer)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the transformer")
+    p.add_argument("--vae-lr", type=float, help="peak learning rate of the VAE (default per --size: demo 3e-4, demo2 1e-5)")
     p.add_argument("--text-lr", type=float, default=1e-4, help="peak learning rate of the text encoder")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps; then cosine to 10%% over the budget")
     p.add_argument("--num-frames", type=int, default=33)
@@ -133,6 +139,7 @@ def parse_args(argv=None):
     args.resolution = args.resolution or defaults["resolution"]
     args.low_every = defaults["low_every"] if args.low_every is None else args.low_every
     args.vae_frames = args.vae_frames or defaults["vae_frames"]
+    args.vae_lr = args.vae_lr or defaults["vae_lr"]
     args.vae_batch = args.batch_size or defaults["vae_batch"]
     args.transformer_batch = args.batch_size or defaults["transformer_batch"]
     return args
@@ -321,7 +328,7 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
     """Trains until the stage's budget or the call's limit; returns whether the stage finished."""
     batch_size = args.vae_batch
     vae = pipe.vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": vae.parameters(), "peak_lr": args.lr}], betas=(0.9, 0.99), weight_decay=1e-4)
+    optimizer = torch.optim.AdamW([{"params": vae.parameters(), "peak_lr": args.vae_lr}], betas=(0.9, 0.99), weight_decay=1e-4)
     source = ClipSource(args.seed, device, args.data)
     crop = min(args.vae_crop, args.resolution)
     frames = min(args.vae_frames, args.num_frames)
@@ -330,6 +337,11 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
     step, running, spent, warm_from = resume_stage(checkpoint.resumes("vae"), optimizer, named, args.seed)
     budget = Budget(args.minutes, args.steps, args.warmup, args.call_minutes, spent, warm_from)
     first_step = step
+    held_out = ClipSource(args.seed + 3, device, args.data).batch(4, args.num_frames, args.resolution)[0]
+    start = None
+    if step == 0:  # a VAE that starts as a working codec (vae_init) goes back to it if training made it worse
+        start = (reconstruction_psnr(vae, held_out, device), copy.deepcopy(vae.state_dict()))
+        print(f"[vae] held-out reconstruction at the start: psnr {start[0]:.1f} dB", flush=True)
     while not budget.done(step):
         with torch.no_grad():
             clips, _ = source.batch(batch_size, frames, args.resolution)
@@ -362,6 +374,11 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
     finished = budget.done(step)
     if finished:
         vae.eval().requires_grad_(False)
+        psnr = reconstruction_psnr(vae, held_out, device)
+        print(f"[vae] held-out reconstruction after {step} steps: psnr {psnr:.1f} dB", flush=True)
+        if start is not None and psnr < start[0]:
+            vae.load_state_dict(start[1])
+            print(f"[vae] worse than at the start: back to the starting weights ({start[0]:.1f} dB)", flush=True)
         store_latent_stats(vae, args, device)
     checkpoint.save("vae", step, budget, finished, optimizer, None, named, running)
     return finished
@@ -371,6 +388,20 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
 def encode(vae, clips, device):
     with autocast(device):
         return vae.encode(clips).latent_dist.mode().float()
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, clips, device) -> float:
+    """PSNR of `clips` (in [-1, 1]) encoded to the posterior mode and decoded, one clip at a time."""
+    training = vae.training
+    vae.eval()
+    error = 0.0
+    for clip in clips.split(1):
+        with autocast(device):
+            recon = vae.decode(vae.encode(clip).latent_dist.mode()).sample.float()
+        error += F.mse_loss(recon, clip).item() / len(clips)
+    vae.train(training)
+    return -10 * math.log10(error / 4 + 1e-12)
 
 
 @torch.no_grad()
