@@ -80,11 +80,14 @@ from dit_sparse.demo.scenes import caption_scene, render_scenes, sample_scenes
 
 TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
     "demo": {"vae_batch": 16, "transformer_batch": 32, "stats_clips": 64, "resolution": 256, "low_every": 0, "vae_frames": 9,
-             "vae_lr": 3e-4},
+             "vae_lr": 3e-4, "fresh_share": 4, "ema": 0.999},
     "demo2": {"vae_batch": 16, "transformer_batch": 16, "stats_clips": 64, "resolution": 512, "low_every": 4, "vae_frames": 17,
-              "vae_lr": 1e-5},  # its VAE starts as a working codec (vae_init), which 1e-4 already breaks on the 1st step
+              "vae_lr": 1e-5,  # its VAE starts as a working codec (vae_init), which 1e-4 already breaks on the 1st step
+              # attempt 2 spent 46% of its time rendering and encoding 1 clip in 4, and its EMA of 0.999 lagged
+              # ~700 steps behind a 1409-step run (docs/results/demo2_attempt2)
+              "fresh_share": 8, "ema": 0.997},
     "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0, "vae_frames": 9,
-             "vae_lr": 3e-4},
+             "vae_lr": 3e-4, "fresh_share": 4, "ema": 0.999},
 }
 DATA = {  # --data: (sample n specs, caption a spec, render specs)
     "clips": (sample_specs, caption, render_clips),
@@ -124,11 +127,13 @@ def parse_args(argv=None):
     p.add_argument("--vae-crop", type=int, default=128, help="square crop of VAE training clips")
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--stats-clips", type=int, help="full-length clips for the latent mean/std (demo default 64)")
-    p.add_argument("--fresh", type=int, help="clips rendered and encoded per transformer step (default batch/4)")
+    p.add_argument("--fresh", type=int,
+                   help="clips rendered and encoded per transformer step (default per --size: batch/4; demo2 batch/8)")
     p.add_argument("--pool", type=int, help="latents kept for reuse (default 16 x batch; 0: every clip fresh)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--max-sequence-length", type=int, default=32)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the transformer weights (0: off)")
+    p.add_argument("--ema", type=float, help="EMA decay of the transformer weights (0: off; default per --size: 0.999, "
+                                             "demo2 0.997)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,6 +145,8 @@ def parse_args(argv=None):
     args.low_every = defaults["low_every"] if args.low_every is None else args.low_every
     args.vae_frames = args.vae_frames or defaults["vae_frames"]
     args.vae_lr = args.vae_lr or defaults["vae_lr"]
+    args.ema = defaults["ema"] if args.ema is None else args.ema
+    args.fresh_share = defaults["fresh_share"]
     args.vae_batch = args.batch_size or defaults["vae_batch"]
     args.transformer_batch = args.batch_size or defaults["transformer_batch"]
     return args
@@ -475,7 +482,7 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
     """Trains until the stage's budget or the call's limit; returns whether the stage finished."""
     batch_size = args.transformer_batch
     pool_size = 16 * batch_size if args.pool is None else args.pool
-    num_fresh = min(batch_size, args.fresh or max(1, batch_size // 4)) if pool_size else batch_size
+    num_fresh = min(batch_size, args.fresh or max(1, batch_size // args.fresh_share)) if pool_size else batch_size
     if pool_size and pool_size < batch_size:
         raise SystemExit(f"--pool {pool_size} must be 0 or at least the batch size {batch_size}")
     if pipe.vae.config.latents_std == [1.0] * pipe.vae.config.z_dim:
