@@ -45,13 +45,17 @@ def test_parts_psnr_adds_the_errors():
 @pytest.fixture(scope="module")
 def result(model_dir, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("study")
-    caches = {"first-block": FirstBlockCacheConfig(threshold=1e9),  # every step it may serve
-              "taylorseer": TaylorSeerCacheConfig(use_lite_mode=True, cache_interval=2, disable_cache_before_step=2)}
+    def caches(labels, threshold):  # TaylorSeer serving within 6 steps; FirstBlockCache as the study builds it
+        assert list(labels) == ["first-block", "taylorseer"]
+        taylorseer = TaylorSeerCacheConfig(use_lite_mode=True, cache_interval=2, disable_cache_before_step=2)
+        return {"first-block": FirstBlockCacheConfig(threshold=threshold), "taylorseer": taylorseer}
+
     patch = pytest.MonkeyPatch()
-    patch.setattr(study, "caches", lambda: caches)
-    try:
+    patch.setattr(study, "caches", caches)
+    try:  # threshold 1e9: FirstBlockCache serves every step it may
         study.main(["--model", str(model_dir), "--out", str(out), "--prompts", "1", "--seeds", "0", "--steps", str(STEPS),
-                    "--num-frames", "5", "--height", "32", "--width", "32", "--device", "cpu", "--block-size", "16"])
+                    "--num-frames", "5", "--height", "32", "--width", "32", "--device", "cpu", "--block-size", "16",
+                    "--caches", "first-block,taylorseer", "--first-block-threshold", "1e9"])
     finally:
         patch.undo()
     return out
@@ -73,13 +77,14 @@ def test_study_runs_every_cache_alone_and_with_each_preset(result):
     assert next(r for r in runs if r["preset"] == "dense+first-block")["skipped"] == list(range(1, STEPS))
     md = (result / "quality_step_cache.md").read_text()
     assert "| balanced+taylorseer | combination |" in md and "Default combination" in md
+    assert "FirstBlockCache at threshold 1000000000.0" in md and "no cache serves our dense warm-up" in md
 
 
 def test_study_writes_the_schedules_the_benchmark_reads(result):
     schedules = load_schedules(result / "step_cache_schedules.json")
     assert set(schedules) == {"first-block", "taylorseer"}
     fbc = schedules["first-block"]
-    assert fbc["alone"] == [False] + [True] * (STEPS - 1) and fbc["config"] == {"threshold": study.FIRST_BLOCK_THRESHOLD}
+    assert fbc["alone"] == [False] + [True] * (STEPS - 1) and fbc["config"] == {"threshold": 1e9}
     fast, balanced = (SparseAttentionConfig.preset(p) for p in ("fast", "balanced"))
     assert schedule_for(fbc, fast) == fbc["by_dense_steps"][str(fast.dense_steps)]
     assert schedule_for(fbc, balanced) == fbc["by_dense_steps"][str(balanced.dense_steps)]
@@ -88,10 +93,9 @@ def test_study_writes_the_schedules_the_benchmark_reads(result):
 
 def test_cache_in_warmup_serves_the_warmup_too(model_dir, tmp_path, monkeypatch):  # noqa: F811
     """With --cache-in-warmup the combinations serve as the cache alone does, warm-up included."""
-    monkeypatch.setattr(study, "caches", lambda: {"first-block": FirstBlockCacheConfig(threshold=1e9)})
     study.main(["--model", str(model_dir), "--out", str(tmp_path), "--prompts", "1", "--seeds", "0", "--steps", str(STEPS),
                 "--num-frames", "5", "--height", "32", "--width", "32", "--device", "cpu", "--block-size", "16",
-                "--cache-in-warmup"])
+                "--cache-in-warmup", "--caches", "first-block", "--first-block-threshold", "1e9"])
     data = json.loads((tmp_path / "quality_step_cache.json").read_text())
     assert data["meta"]["cache_in_warmup"]
     for preset in study.PRESETS:
@@ -99,9 +103,17 @@ def test_cache_in_warmup_serves_the_warmup_too(model_dir, tmp_path, monkeypatch)
     assert "cache_in_warmup=True" in (tmp_path / "quality_step_cache.md").read_text()
 
 
-def test_worker_processes_repeat_cache_in_warmup():
-    """--workers runs shards with the options every worker repeats: --cache-in-warmup among them."""
+def test_worker_processes_repeat_the_command_line_but_their_seeds():
+    """--workers runs shards with the command line's own options (--cache-in-warmup, the threshold...) but not
+    --seeds or --workers, in either spelling."""
     from dit_sparse.study.quality_study import shard_args
 
-    assert "--cache-in-warmup" in shard_args(study.parser().parse_args(["--cache-in-warmup"]))
-    assert "--cache-in-warmup" not in shard_args(study.parser().parse_args([]))
+    argv = ["--out", "x", "--seeds", "0,1", "--workers", "6", "--cache-in-warmup", "--first-block-threshold", "0.3",
+            "--workers=2", "--seeds=1", "--caches", "first-block"]
+    assert shard_args(argv) == ["--out", "x", "--cache-in-warmup", "--first-block-threshold", "0.3", "--caches", "first-block"]
+
+
+def test_unknown_cache_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        study.parser().parse_args(["--caches", "first-block,teacache"])
+    assert "unknown caches ['teacache']" in capsys.readouterr().err

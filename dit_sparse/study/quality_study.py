@@ -148,14 +148,16 @@ def study_variants(args):
     return variants(**({"block_size": args.block_size} if args.block_size else {}))
 
 
-def shard_args(args) -> list[str]:
-    """The study's options that every worker process repeats (all but --seeds and --workers)."""
-    shared = ["--out", str(args.out), "--prompts", str(args.prompts), "--steps", str(args.steps),
-              "--num-frames", str(args.num_frames), "--height", str(args.height), "--width", str(args.width),
-              "--device", args.device, "--dtype", args.dtype]
-    shared += ["--model", args.model] if args.model else []
-    shared += ["--block-size", str(args.block_size)] if args.block_size else []
-    shared += ["--cache-in-warmup"] if getattr(args, "cache_in_warmup", False) else []  # the step-cache study's
+def shard_args(argv: list[str]) -> list[str]:
+    """The command line's own options, which every worker process repeats: all but --seeds and --workers."""
+    shared, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--seeds", "--workers"):
+            skip = True
+        elif not arg.startswith(("--seeds=", "--workers=")):
+            shared.append(arg)
     return shared
 
 
@@ -216,10 +218,12 @@ def write_results(out: Path, stem: str, result: dict, text: str):
     (out / f"{stem}.md").write_text(text)
 
 
-def study_report(args, command: str, module: str, folder: Path, run_compare) -> tuple[dict, list[int], int, str] | None:
+def study_report(args, argv: list[str], command: str, module: str, folder: Path,
+                 run_compare) -> tuple[dict, list[int], int, str] | None:
     """The compare report a study summarises, its seeds, how many processes made it and the
-    command to cite: re-read from --report, made by --workers processes of `module`, or by
-    `run_compare` here; None in a worker process (--shard-dir), which only compares."""
+    command to cite: re-read from --report, made by --workers processes of `module` (each with
+    the command line `argv` but its own seeds), or by `run_compare` here; None in a worker process
+    (--shard-dir), which only compares."""
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.shard_dir is not None:
         run_compare(args, seeds, args.shard_dir, command)
@@ -230,15 +234,16 @@ def study_report(args, command: str, module: str, folder: Path, run_compare) -> 
                 f"{report['meta']['command']}, tables re-made by `{command}`")
     groups = seed_groups(seeds, args.workers)
     if len(groups) > 1:
-        return run_shards(module, shard_args(args), groups, folder, command), seeds, len(groups), command
+        return run_shards(module, shard_args(argv), groups, folder, command), seeds, len(groups), command
     return run_compare(args, seeds, folder, command), seeds, 1, command
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_study_args(study_parser(__doc__, runs="quality_demo_runs"), argv)
-    command = "python scripts/quality_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/quality_study.py " + " ".join(argv)
     folder = args.out / "quality_demo_runs"
-    made = study_report(args, command, __name__, folder, run_compare)
+    made = study_report(args, argv, command, __name__, folder, run_compare)
     if made is None:
         return
     report, seeds, processes, command = made

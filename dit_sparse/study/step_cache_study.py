@@ -17,6 +17,7 @@ interacts destructively where its PSNR falls more than 0.5 dB below the PSNR of 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import Counter
@@ -40,17 +41,26 @@ TARGET_PSNR = 30.0  # the combination users get, against dense
 TARGET_INTERACTION_DB = 0.5
 
 
-def caches() -> dict:
+CACHES = ("first-block", "mag", "taylorseer")
+
+
+def caches(labels=CACHES, first_block_threshold: float = FIRST_BLOCK_THRESHOLD) -> dict:
     """Label -> what `apply(cache=...)` takes, at the settings studied (MagCache: the demo model's
     bundled ratios; TaylorSeer: diffusers' defaults in lite mode)."""
-    return {"first-block": FirstBlockCacheConfig(threshold=FIRST_BLOCK_THRESHOLD), "mag": "mag", "taylorseer": "taylorseer"}
+    every = {"first-block": FirstBlockCacheConfig(threshold=first_block_threshold), "mag": "mag", "taylorseer": "taylorseer"}
+    return {label: every[label] for label in labels}
 
 
-def cache_settings() -> dict:
+def cache_settings(first_block_threshold: float = FIRST_BLOCK_THRESHOLD) -> dict:
     """Label -> the fields of the diffusers config that the benchmark's real loops rebuild."""
     ratios = mag_ratios.load(mag_ratios.DEMO_RATIOS)
-    return {"first-block": dict(threshold=FIRST_BLOCK_THRESHOLD),
+    return {"first-block": dict(threshold=first_block_threshold),
             "mag": dict(mag_ratios=ratios, num_inference_steps=len(ratios)), "taylorseer": {}}
+
+
+def first_block_threshold(report: dict) -> float:
+    """The threshold a compare report ran FirstBlockCache at (reports before the option: the default)."""
+    return report["meta"].get("first_block_threshold", FIRST_BLOCK_THRESHOLD)
 
 
 def configs(**fixed) -> dict[str, SparseAttentionConfig]:
@@ -61,10 +71,13 @@ def run_compare(args, seeds: list[int], folder: Path, command: str) -> dict:
     """Dense, the presets alone, each cache alone and each combination, in this process."""
     pipe, spec, request, meta = study_pipeline(args)
     fixed = dict(cache_in_warmup=args.cache_in_warmup, **({"block_size": args.block_size} if args.block_size else {}))
+    labels = args.caches.split(",")
+    shown = [name for name in ("balanced", "dense+mag", "balanced+mag", "fast+taylorseer")
+             if "+" not in name or name.partition("+")[2] in labels]
     return compare(pipe, spec, prompts=list(STUDY_PROMPTS[: args.prompts]), seeds=seeds, configs=configs(**fixed), request=request,
-                   out_dir=folder, shown=["balanced", "dense+mag", "balanced+mag", "fast+taylorseer"],
-                   video_suffix=video_suffix()[0], meta=dict(meta, command=command), caches=caches(),
-                   sparse_alone=True)
+                   out_dir=folder, shown=shown, video_suffix=video_suffix()[0],
+                   meta=dict(meta, command=command, first_block_threshold=args.first_block_threshold),
+                   caches=caches(labels, args.first_block_threshold), sparse_alone=True)
 
 
 def mse(psnr: float) -> float:
@@ -133,7 +146,7 @@ def summarise(report: dict) -> dict:
 def schedules(report: dict, steps: int) -> dict:
     """Per cache: the steps it served alone and with each preset (the schedule most clips share,
     keyed by the preset's dense_steps) and its setting: what bench_step_cache composes from."""
-    settings, out = cache_settings(), {}
+    settings, out = cache_settings(first_block_threshold(report)), {}
     for label in report["meta"]["caches"]:
         alone, n_alone = most_common([r["skipped"] for r in report["runs"] if r["preset"] == f"dense+{label}"], steps)
         by_dense_steps, shares = {}, {}
@@ -163,9 +176,10 @@ def markdown(result: dict) -> str:
         + ("The combinations let the cache serve inside the dense warm-up (cache_in_warmup=True). "
            if m.get("cache_in_warmup") else "")
         + "Caches: FirstBlockCache "
-        f"at threshold {FIRST_BLOCK_THRESHOLD} (diffusers' default 0.05 serves no step here), MagCache with the demo "
-        "model's bundled ratios and diffusers' other defaults, TaylorSeer in lite mode at diffusers' defaults. With "
-        "sparse attention, no cache serves our dense warm-up steps.", "",
+        f"at threshold {m['first_block_threshold']} (diffusers' default 0.05 serves no step here), MagCache with the "
+        "demo model's bundled ratios and diffusers' other defaults, TaylorSeer in lite mode at diffusers' defaults"
+        + ("" if m.get("cache_in_warmup") else ". With sparse attention, no cache serves our dense warm-up steps")
+        + ".", "",
         "| variant | group | mean density | steps from the cache | calls from the cache | PSNR dB | identical clips | "
         "min PSNR dB | SSIM |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -197,24 +211,36 @@ def markdown(result: dict) -> str:
 
 
 def parser():
-    """The study's options: those of every study, and --cache-in-warmup."""
+    """The study's options: those of every study, the caches and their setting, and --cache-in-warmup."""
     ap = study_parser(__doc__, runs="quality_step_cache_runs")
+    ap.add_argument("--caches", default=",".join(CACHES), type=_labels,
+                    help=f"comma-separated caches to study (default: all of {', '.join(CACHES)})")
+    ap.add_argument("--first-block-threshold", type=float, default=FIRST_BLOCK_THRESHOLD,
+                    help="FirstBlockCache's threshold (default %(default)s)")
     ap.add_argument("--cache-in-warmup", action="store_true",
                     help="the combinations let the cache serve inside the dense warm-up (cache_in_warmup=True)")
     return ap
 
 
+def _labels(text: str) -> str:
+    unknown = [label for label in text.split(",") if label not in CACHES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown caches {unknown}: choose from {', '.join(CACHES)}")
+    return text
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_study_args(parser(), argv)
-    command = "python scripts/quality_step_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    made = study_report(args, command, __name__, args.out / "quality_step_cache_runs", run_compare)
+    command = "python scripts/quality_step_cache.py " + " ".join(argv)
+    made = study_report(args, argv, command, __name__, args.out / "quality_step_cache_runs", run_compare)
     if made is None:
         return
     report, seeds, processes, command = made
     meta = report["meta"]
     result = dict(
         meta=dict(command=command, device=meta["device"], dtype=meta["dtype"], processes=processes, prompts=meta["prompts"],
-                  seeds=seeds, torch=meta["torch"],
+                  seeds=seeds, torch=meta["torch"], first_block_threshold=first_block_threshold(report),
                   cache_in_warmup=any((c or {}).get("cache_in_warmup", False) for c in report["configs"].values()),
                   **{k: meta["request"][k] for k in ("steps", "num_frames", "height", "width", "guidance_scale")}),
         **summarise(report),
