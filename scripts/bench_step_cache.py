@@ -3,9 +3,12 @@ cache's computed and skipped steps timed with its decisions forced (under the ba
 over to stock dense and the fast preset); 50-step totals composed from the skip schedules the
 quality study found on the bundled demo model (`--schedules FILE`); `--full-loop` adds real
 50-step loops at the chosen settings on Wan2.1-1.3B 480p. See dit_sparse/bench/step_cache.py.
+`--timings FILE` composes the totals anew, without a GPU, from the step times an earlier run measured
+(its step_cache_<gpu>.json): for new schedules or --cache-in-warmup.
 
     python scripts/bench_step_cache.py --models wan1.3b-480 --schedules docs/results/step_cache_schedules.json --quality docs/results/quality_step_cache.json --full-loop --out docs/results
     python scripts/bench_step_cache.py --models wan1.3b-480 --tiny --out /tmp/sc     # CPU check
+    python scripts/bench_step_cache.py --models wan1.3b-480,wan14b-720,hunyuan-720 --caches first-block --timings docs/results/step_cache_h200.json --schedules NEW/step_cache_schedules.json --quality NEW/quality_step_cache.json --out NEW
 """
 
 from __future__ import annotations
@@ -34,29 +37,45 @@ def main(argv=None):
                     help="the caches also serve inside the dense warm-up (pass --schedules of a quality study run "
                          "with --cache-in-warmup)")
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on the CPU: a test of the code path")
+    ap.add_argument("--timings", type=Path, help="an earlier run's step_cache_<gpu>.json: compose from its step times, "
+                                                 "timing nothing (no GPU needed)")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args(argv)
     command = "python scripts/bench_step_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
     names, caches = args.models.split(","), args.caches.split(",")
     if unknown := [n for n in names if n not in SPECS]:
         sys.exit(f"unknown model {unknown}; choose from {list(SPECS)}")
-    from dit_sparse.bench.step_cache import CACHES, attach_quality, load_schedules, run_model, write_results
+    from dit_sparse.bench.step_cache import CACHES, attach_quality, load_schedules, recompose, run_model, write_results
 
     if unknown := [c for c in caches if c not in CACHES]:
         sys.exit(f"unknown cache {unknown}; choose from {list(CACHES)}")
+    schedules = load_schedules(args.schedules)
+    if args.timings:
+        if args.full_loop or args.tiny:
+            sys.exit("--timings composes from recorded step times: it runs no loop and no model (drop --full-loop, --tiny)")
+        try:
+            records = recompose(json.loads(args.timings.read_text()), names, caches, schedules, args.cache_in_warmup)
+        except ValueError as error:
+            sys.exit(str(error))
+        if args.quality:
+            attach_quality(records, json.loads(Path(args.quality).read_text()))
+        note = (f"Composed without a GPU from the step times measured by `{json.loads(args.timings.read_text())['command']}` "
+                f"({args.timings.name}), with new skip schedules; no real loop was run.")
+        print(write_results(args.out, records, command, note).read_text(), flush=True)
+        return
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("bench_step_cache needs a CUDA GPU (or --tiny for the CPU check)")
     from dit_sparse.bench.e2e import ProgressLog, bench_device
 
     device, dtype = bench_device(args.tiny)
-    schedules, log, records = load_schedules(args.schedules), ProgressLog(), []
+    log, records = ProgressLog(), []
     for key in names:
         records += run_model(key, caches, schedules, args.baseline, args.repeats, args.tiny, args.full_loop, device,
                              dtype, log, args.loop_caches.split(",") if args.loop_caches else None,
                              cache_in_warmup=args.cache_in_warmup)
         if args.quality:
             attach_quality(records, json.loads(Path(args.quality).read_text()))
-        md = write_results(args.out, records, command, device)
+        md = write_results(args.out, records, command)
     print(md.read_text(), flush=True)
 
 

@@ -3,17 +3,20 @@ forced caches really skip or compute, totals follow the schedule, real loops of 
 schedule-driven caches skip what their settings say and are composed from what they skipped."""
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from dit_sparse import SparseAttentionConfig
 from dit_sparse.bench.e2e import ProgressLog
-from dit_sparse.bench.step_cache import CacheSteps, compose, resample, run_model, write_results
+from dit_sparse.bench.step_cache import CacheSteps, compose, recompose, resample, run_model, write_results
 from dit_sparse.mag_ratios import load
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_resample_and_compose():
@@ -61,9 +64,37 @@ def test_tiny_run_with_schedules_and_loops(tmp_path):
             r = rows[config, cache]
             assert r["loop_skipped_steps"] > 0 and r["measured_total_s"] > 0 and r["loop_composed_s"] > 0
         assert "measured_total_s" not in rows[config, "first-block"]
-    md = write_results(tmp_path, records, "test", CPU)
+    md = write_results(tmp_path, records, "test")
     assert md.name == "step_cache_tiny.md" and "| Wan2.1-T2V-1.3B |" in md.read_text()
     assert len(json.loads((tmp_path / "step_cache_tiny.json").read_text())["records"]) == len(records)
+
+    # the same totals, composed again from the recorded step times alone (the real loops are not repeated)
+    again = recompose(dict(records=records), ["wan1.3b-480"], ["first-block", "mag", "taylorseer"], schedules, False)
+    assert [(r["config"], r["cache"]) for r in again] == [(r["config"], r["cache"]) for r in records]
+    for new, old in zip(again, records):
+        assert new["total_s"] == pytest.approx(old["total_s"]) and new.get("n_skipped_steps") == old.get("n_skipped_steps")
+        assert "measured_total_s" not in new
+    # new schedules: every step served, inside the warm-up too
+    every = [True] * 20
+    served = recompose(dict(records=records), ["wan1.3b-480"], ["mag"],
+                       {"mag": dict(alone=every, by_dense_steps={"0.1": every, "0.2": every}, source="new")}, True)
+    rows = {(r["config"], r["cache"]): r for r in served}
+    assert set(rows) == {(c, k) for c in ("dense", "balanced", "fast") for k in ("none", "mag")}
+    for config in ("balanced", "fast"):
+        assert rows[config, "mag"]["n_dense_steps"] == 0 and rows[config, "mag"]["n_skipped_steps"] == 50
+        assert rows[config, "mag"]["total_s"] == pytest.approx(50 * rows[config, "mag"]["skipped_s_per_step"])
+    with pytest.raises(ValueError, match="hunyuan-720 is not in the timings"):
+        recompose(dict(records=records), ["hunyuan-720"], ["mag"], {}, False)
+    spec = importlib.util.spec_from_file_location("bench_step_cache", ROOT / "scripts" / "bench_step_cache.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "timings.json").write_text(json.dumps(dict(records=records, command="an earlier run")))
+    (tmp_path / "schedules.json").write_text(json.dumps({"mag": schedules["mag"]}))
+    script.main(["--timings", str(tmp_path / "timings.json"), "--schedules", str(tmp_path / "schedules.json"),
+                 "--caches", "mag", "--cache-in-warmup", "--out", str(tmp_path / "new")])
+    text = (tmp_path / "new" / "step_cache_tiny.md").read_text()
+    assert "Composed without a GPU from the step times measured by `an earlier run`" in text
+    assert "inside our dense warm-up (cache_in_warmup)" in text and "| balanced | mag |" in text
 
 
 def test_tiny_run_serving_inside_the_warmup():

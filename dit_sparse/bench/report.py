@@ -186,7 +186,10 @@ def step_cache_markdown(data: dict) -> str:
         "What the cache adds to a computed step and what a skipped step costs do not depend on the attention, so "
         "they carry over to dense and fast. 50-step totals follow the skip schedule named in the source column (the "
         "steps the cache skipped on the bundled demo model at the chosen setting, beside the preset of the same dense "
-        "warm-up, resampled from 20 to 50 steps); our dense warm-up steps are never skipped. Speed-ups are over 50 "
+        "warm-up, resampled from 20 to 50 steps); "
+        + ("the cache also serves steps inside our dense warm-up (cache_in_warmup). "
+           if any(r.get("cache_in_warmup") for r in records) else "our dense warm-up steps are never skipped. ")
+        + "Speed-ups are over 50 "
         "stock dense steps of the same baseline. Measured = a real 50-step loop at the chosen setting, against the "
         "total composed from the steps that loop skipped (must agree within 3%). Demo PSNR: the same preset and "
         "cache on the bundled demo model against dense (quality_step_cache.md).", "",

@@ -123,11 +123,18 @@ def sparse_configs(spec: Spec, num_layers: int, tiny: bool = False, steps: int =
     """svg and the presets, dense warm-up as a step count (the bare transformer's step count is unknown)."""
     step_fraction, layer_fraction, density = spec.svg
     extra = TINY_ENGINE if tiny else {}
-    configs = {"svg": SparseAttentionConfig(
+    svg = SparseAttentionConfig(
         dense_steps=round(step_fraction * steps), dense_layers=max(1, round(layer_fraction * num_layers)),
         refresh_every=1, density=density, **extra,
-    )}
+    )
+    return {"svg": svg, **preset_configs(spec, tiny, steps)}
+
+
+def preset_configs(spec: Spec, tiny: bool = False, steps: int = STEPS) -> dict[str, SparseAttentionConfig]:
+    """balanced and fast for `spec`, dense warm-up as a step count."""
+    extra = TINY_ENGINE if tiny else {}
+    configs = {}
     for name in ("balanced", "fast"):
-        preset = SparseAttentionConfig.preset(name, density=density, **extra)
+        preset = SparseAttentionConfig.preset(name, density=spec.svg[2], **extra)
         configs[name] = dataclasses.replace(preset, dense_steps=preset.num_dense_steps(steps))
     return configs

@@ -30,7 +30,7 @@ from .e2e import (BASELINES, ProgressLog, compiled_calls, measure_dense, measure
                   measurement_config, profile_steps)
 from .models import ModelUnderTest, prepare_model
 from .sdpa import sdpa_priority
-from .specs import SPECS, STEPS, sparse_configs
+from .specs import SPECS, STEPS, preset_configs
 from .timing import gpu_tag, sync, wall_seconds
 
 CACHES = ("first-block", "mag", "taylorseer")
@@ -172,10 +172,8 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
     step_calls = (compiled_calls(bench.model, bench.workload, hookable=True) if baseline == "compiled"
                   else BASELINES[baseline](bench.model, bench.workload))
     calls = ContextCalls(step_calls.module, bench)
-    configs = {k: dataclasses.replace(v, cache_in_warmup=cache_in_warmup)
-               for k, v in sparse_configs(spec, bench.num_layers, tiny).items() if k in PRESETS}
+    configs = cache_bench_configs(spec, tiny, cache_in_warmup)
     timesteps = bench.timesteps
-    records = []
     with torch.no_grad(), sdpa_priority():
         dense = measure_dense(bench, step_calls, repeats, device, progress)
         handle = dit_sparse.apply(calls.model, measurement_config(configs["balanced"]))
@@ -202,30 +200,72 @@ def run_model(key: str, caches: list[str], schedules: dict, baseline: str, repea
                     tokens=bench.num_tokens, baseline=baseline, steps=STEPS, dense_s_per_step=dense.seconds,
                     total_dense_s=STEPS * dense.seconds, tiny=tiny, cache_in_warmup=cache_in_warmup,
                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
-        records.append(dict(base, config="dense", cache="none", total_s=STEPS * dense.seconds, speedup=1.0))
-        for name, cfg in configs.items():
-            total = compose(cfg, steps[name], [False] * STEPS, CacheSteps(steps[name]["cached"], 0.0), 0.0)
-            records.append(dict(base, config=name, cache="none", **total, speedup=base["total_dense_s"] / total["total_s"],
-                                **{f"{k}_s_per_step": v for k, v in steps[name].items()}))
-        for cache in caches:
-            schedule = schedules.get(cache)
-            if schedule is None:
-                continue
-            c = timed[cache]
-            overhead = c.computed_s - steps["balanced"]["cached"]
-            about = dict(cache_overhead_s=overhead, skipped_s_per_step=c.skipped_s, schedule_source=schedule.get("source", ""))
-            alone = compose_cache_alone(dense.seconds, resample(schedule["alone"]), c, overhead)
-            records.append(dict(base, config="dense", cache=cache, **alone, speedup=base["total_dense_s"] / alone["total_s"],
-                                computed_s_per_step=dense.seconds + overhead, **about))
-            for name, cfg in configs.items():
-                one = CacheSteps(steps[name]["cached"] + overhead, c.skipped_s)
-                total = compose(cfg, steps[name], resample(schedule_for(schedule, cfg)), one, overhead)
-                records.append(dict(base, config=name, cache=cache, **total, speedup=base["total_dense_s"] / total["total_s"],
-                                    computed_s_per_step=one.computed_s, **about))
+        records = compose_records(base, configs, steps, timed, schedules)
         if full_loop and spec.full_loop:
             add_loops(records, handle, calls, configs, loop_caches or caches, schedules, steps, timed, timesteps, device,
                       dtype, progress, warm_every_loop=baseline == "compiled")
         dit_sparse.remove(calls.model)
+    return records
+
+
+def cache_bench_configs(spec, tiny: bool, cache_in_warmup: bool) -> dict:
+    """The presets the benchmark pairs with the caches, for `spec`."""
+    return {k: dataclasses.replace(v, cache_in_warmup=cache_in_warmup)
+            for k, v in preset_configs(spec, tiny).items() if k in PRESETS}
+
+
+def compose_records(base: dict, configs: dict, steps: dict, timed: dict, schedules: dict) -> list[dict]:
+    """The records of one model from its timed steps: stock dense, each preset alone, and each cache
+    with a schedule alone and with each preset. `steps`: per preset, its warm-up, profile and cached
+    seconds; `timed`: per cache, its forced computed step (under balanced) and skipped step."""
+    dense_s = base["dense_s_per_step"]
+    records = [dict(base, config="dense", cache="none", total_s=STEPS * dense_s, speedup=1.0)]
+    for name, cfg in configs.items():
+        total = compose(cfg, steps[name], [False] * STEPS, CacheSteps(steps[name]["cached"], 0.0), 0.0)
+        records.append(dict(base, config=name, cache="none", **total, speedup=base["total_dense_s"] / total["total_s"],
+                            **{f"{k}_s_per_step": v for k, v in steps[name].items()}))
+    for cache, c in timed.items():
+        schedule = schedules.get(cache)
+        if schedule is None:
+            continue
+        overhead = c.computed_s - steps["balanced"]["cached"]
+        about = dict(cache_overhead_s=overhead, skipped_s_per_step=c.skipped_s, schedule_source=schedule.get("source", ""))
+        alone = compose_cache_alone(dense_s, resample(schedule["alone"]), c, overhead)
+        records.append(dict(base, config="dense", cache=cache, **alone, speedup=base["total_dense_s"] / alone["total_s"],
+                            computed_s_per_step=dense_s + overhead, **about))
+        for name, cfg in configs.items():
+            one = CacheSteps(steps[name]["cached"] + overhead, c.skipped_s)
+            total = compose(cfg, steps[name], resample(schedule_for(schedule, cfg)), one, overhead)
+            records.append(dict(base, config=name, cache=cache, **total, speedup=base["total_dense_s"] / total["total_s"],
+                                computed_s_per_step=one.computed_s, **about))
+    return records
+
+
+BASE_FIELDS = ("key", "model", "height", "width", "num_frames", "tokens", "baseline", "steps", "dense_s_per_step",
+               "total_dense_s", "tiny", "device")
+
+
+def recompose(timings: dict, keys: list[str], caches: list[str], schedules: dict, cache_in_warmup: bool) -> list[dict]:
+    """Records composed anew from the step times of an earlier run (`timings`: its step_cache_<gpu>.json),
+    for new skip schedules or --cache-in-warmup, with no GPU: every time a total needs was measured
+    there (the warm-up, profile and cached step of each preset; each cache's computed and skipped
+    step). The real loops are not repeated."""
+    records = []
+    for key in keys:
+        mine = [r for r in timings["records"] if r["key"] == key]
+        rows = {(r["config"], r["cache"]): r for r in mine}
+        if ("dense", "none") not in rows:
+            raise ValueError(f"{key} is not in the timings (it has {sorted({r['key'] for r in timings['records']})})")
+        base = {k: rows["dense", "none"][k] for k in BASE_FIELDS}
+        base["cache_in_warmup"] = cache_in_warmup
+        configs = cache_bench_configs(SPECS[key], base["tiny"], cache_in_warmup)
+        steps = {name: {k: rows[name, "none"][f"{k}_s_per_step"] for k in ("warmup", "profile", "cached")}
+                 for name in configs}
+        timed = {cache: CacheSteps(rows["balanced", cache]["computed_s_per_step"], rows["balanced", cache]["skipped_s_per_step"])
+                 for cache in caches if ("balanced", cache) in rows}
+        if missing := [cache for cache in caches if cache not in timed and cache in schedules]:
+            raise ValueError(f"the timings have no {missing} steps for {key}: time them on the GPU first")
+        records += compose_records(base, configs, steps, timed, schedules)
     return records
 
 
@@ -298,14 +338,15 @@ def load_schedules(path) -> dict:
     return json.loads(Path(path).read_text()) if path else {}
 
 
-def write_results(out, records: list[dict], command: str, device) -> Path:
-    """out/step_cache_<gpu>.json and .md (step_cache_tiny for the CPU check)."""
+def write_results(out, records: list[dict], command: str, note: str | None = None) -> Path:
+    """out/step_cache_<gpu>.json and .md, named by the records' GPU (step_cache_tiny for the CPU check)."""
     from .report import step_cache_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "step_cache_tiny" if device.type != "cuda" else f"step_cache_{gpu_tag(torch.cuda.get_device_name(device))}"
-    data = dict(records=records, command=command, targets=TARGETS, target_psnr=TARGET_PSNR)
+    tiny = any(r["tiny"] for r in records)
+    stem = "step_cache_tiny" if tiny else f"step_cache_{gpu_tag(records[0]['device'])}"
+    data = dict(records=records, command=command, targets=TARGETS, target_psnr=TARGET_PSNR, **({"note": note} if note else {}))
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
     (out / f"{stem}.md").write_text(step_cache_markdown(data))
     return out / f"{stem}.md"
