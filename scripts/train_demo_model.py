@@ -372,7 +372,7 @@ def train_vae(pipe: WanPipeline, args, device: torch.device, checkpoint: Checkpo
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % args.log_every == 0 or budget.done(step):
-            psnr = -10 * math.log10(F.mse_loss(recon.detach(), clips).item() / 4 + 1e-12)
+            psnr = clip_psnr(F.mse_loss(recon.detach(), clips).item())
             log("vae", step, budget, running, (step - first_step) * batch_size, f"psnr {psnr:.1f} dB kl {kl.item():.2f}")
         if budget.call_over():
             break
@@ -397,6 +397,11 @@ def encode(vae, clips, device):
         return vae.encode(clips).latent_dist.mode().float()
 
 
+def clip_psnr(mse: float) -> float:
+    """PSNR of clips in [-1, 1] (peak-to-peak 2) with this mean squared error."""
+    return -10 * math.log10(mse / 4 + 1e-12)
+
+
 @torch.no_grad()
 def reconstruction_psnr(vae, clips, device) -> float:
     """PSNR of `clips` (in [-1, 1]) encoded to the posterior mode and decoded, one clip at a time."""
@@ -408,7 +413,7 @@ def reconstruction_psnr(vae, clips, device) -> float:
             recon = vae.decode(vae.encode(clip).latent_dist.mode()).sample.float()
         error += F.mse_loss(recon, clip).item() / len(clips)
     vae.train(training)
-    return -10 * math.log10(error / 4 + 1e-12)
+    return clip_psnr(error)
 
 
 @torch.no_grad()
@@ -422,7 +427,7 @@ def store_latent_stats(vae, args, device: torch.device):
         latents.append(encode(vae, clips, device))
     with autocast(device):
         recon = vae.decode(latents[-1]).sample.float()
-    psnr = -10 * math.log10(F.mse_loss(recon, clips).item() / 4 + 1e-12)
+    psnr = clip_psnr(F.mse_loss(recon, clips).item())
     print(f"[vae] reconstruction of {args.num_frames}-frame clips: psnr {psnr:.1f} dB", flush=True)
     latents = torch.cat(latents).transpose(0, 1).flatten(1).double()
     mean, std = latents.mean(1), latents.std(1)

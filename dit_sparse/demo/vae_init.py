@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResample, WanResidualBlock
 
 OFFSET = 1.5  # signal in [-1, 1] rides at [0.5, 2.5]: positive through the SiLU heads
 CARRIER = 30.0  # constant channel that makes the heads' RMS norm nearly a fixed scale
@@ -57,7 +58,7 @@ def _tent(conv: torch.nn.Conv2d, pairs):
             _taps(conv, pairs, (a, b), (2 - abs(a - 1)) * (2 - abs(b - 1)) / 16)
 
 
-def _head_gain(norm, signal, carrier: int):
+def _head_gain(norm, signal):
     """RMS-norm gamma that maps a signal channel at OFFSET, beside the carrier, to HEAD_GAIN x its value."""
     typical = (CARRIER**2 + len(signal) * OFFSET**2) ** 0.5
     norm.gamma.data.fill_(1.0)
@@ -80,7 +81,6 @@ def _check(vae: AutoencoderKLWan):
 def block_average_init(vae: AutoencoderKLWan) -> AutoencoderKLWan:
     """Sets `vae`'s weights so that it encodes each frame's 8x8 block means and decodes them back (in place)."""
     _check(vae)
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResample, WanResidualBlock
 
     for module in vae.modules():
         if isinstance(module, WanResidualBlock):
@@ -115,7 +115,7 @@ def block_average_init(vae: AutoencoderKLWan) -> AutoencoderKLWan:
     _avg_2x2(down3d_2.resample[1], [*range(12), top[3]])
     _taps(down3d_2.time_conv, [(j, j) for j in range(6)], (1, 0, 0))  # the first pair
     _taps(down3d_2.time_conv, [(6 + j, 6 + j) for j in range(6)] + [(top[3], top[3])], (2, 0, 0))  # the second
-    _head_gain(enc.norm_out, range(12), top[3])
+    _head_gain(enc.norm_out, range(12))
     _zero(enc.conv_out)
     z = vae.config.z_dim
     _taps(enc.conv_out, [(j, j) for j in range(12)], weight=1 / HEAD_GAIN)
@@ -134,16 +134,15 @@ def block_average_init(vae: AutoencoderKLWan) -> AutoencoderKLWan:
     dec.conv_in.bias[:12] = OFFSET
     dec.conv_in.bias[wide - 1] = CARRIER
     up0, up1, up2 = (dec.up_blocks[i].upsamplers[0] for i in range(3))
-    half = wide // 2
     _taps(up0.time_conv, [(j, j) for j in range(6)] + [(wide + j, 6 + j) for j in range(6)]
           + [(wide - 1, wide - 1), (2 * wide - 1, wide - 1)])
-    _tent(up0.resample[1], [(j, j) for j in range(6)] + [(half - 1, wide - 1)])
-    _taps(dec.up_blocks[1].resnets[0].conv_shortcut, [(j, j) for j in range(6)] + [(wide - 1, half - 1)])
+    _tent(up0.resample[1], [(j, j) for j in range(6)] + [(mid - 1, wide - 1)])
+    _taps(dec.up_blocks[1].resnets[0].conv_shortcut, [(j, j) for j in range(6)] + [(wide - 1, mid - 1)])
     _taps(up1.time_conv, [(c, c) for c in rgb] + [(wide + c, 3 + c) for c in rgb]
           + [(wide - 1, wide - 1), (2 * wide - 1, wide - 1)])
-    _tent(up1.resample[1], [(c, c) for c in rgb] + [(half - 1, wide - 1)])
+    _tent(up1.resample[1], [(c, c) for c in rgb] + [(mid - 1, wide - 1)])
     _tent(up2.resample[1], [(c, c) for c in rgb] + [(narrow - 1, mid - 1)])
-    _head_gain(dec.norm_out, rgb, narrow - 1)
+    _head_gain(dec.norm_out, rgb)
     _zero(dec.conv_out)
     _taps(dec.conv_out, [(c, c) for c in rgb], weight=1 / HEAD_GAIN)
     dec.conv_out.bias[:] = -OFFSET
