@@ -53,14 +53,15 @@ def main(argv=None):
     if args.timings:
         if args.full_loop or args.tiny:
             sys.exit("--timings composes from recorded step times: it runs no loop and no model (drop --full-loop, --tiny)")
+        timings = json.loads(args.timings.read_text())
         try:
-            records = recompose(json.loads(args.timings.read_text()), names, caches, schedules, args.cache_in_warmup)
+            records = recompose(timings, names, caches, schedules, args.cache_in_warmup)
         except ValueError as error:
             sys.exit(str(error))
         if args.quality:
             attach_quality(records, json.loads(Path(args.quality).read_text()))
-        note = (f"Composed without a GPU from the step times measured by `{json.loads(args.timings.read_text())['command']}` "
-                f"({args.timings.name}), with new skip schedules; no real loop was run.")
+        note = (f"Composed without a GPU from the step times measured by `{timings['command']}` ({args.timings.name}), "
+                "with new skip schedules; no real loop was run.")
         print(write_results(args.out, records, command, note).read_text(), flush=True)
         return
     if not args.tiny and not torch.cuda.is_available():

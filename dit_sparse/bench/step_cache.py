@@ -25,6 +25,7 @@ from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCac
 
 import dit_sparse
 from dit_sparse.generation import ComputedCalls
+from dit_sparse.step_cache import CACHE_NAMES
 
 from .e2e import (BASELINES, ProgressLog, compiled_calls, measure_dense, measure_sparse, measure_warmup,
                   measurement_config, profile_steps)
@@ -33,7 +34,7 @@ from .sdpa import sdpa_priority
 from .specs import SPECS, STEPS, preset_configs
 from .timing import gpu_tag, sync, wall_seconds
 
-CACHES = ("first-block", "mag", "taylorseer")
+CACHES = tuple(name for name in CACHE_NAMES if name != "none")  # the caches dit_sparse names
 PRESETS = ("balanced", "fast")  # the presets the quality study pairs with the caches
 TARGETS = {"hunyuan-720": 4.0, "wan1.3b-480": 3.0, "wan14b-720": 3.0}  # 50 steps over eager stock dense (issue 21)
 TARGET_PSNR = 30.0  # ... with a combination at least this close to dense on the demo model

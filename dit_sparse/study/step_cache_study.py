@@ -30,6 +30,7 @@ from dit_sparse import SparseAttentionConfig, mag_ratios, quality
 from dit_sparse.compare import _fmt, compare
 from dit_sparse.demo import STUDY_PROMPTS
 from dit_sparse.media import video_suffix
+from dit_sparse.step_cache import CACHE_NAMES
 
 from .quality_study import parse_study_args, study_parser, study_pipeline, study_report, write_results
 
@@ -41,7 +42,7 @@ TARGET_PSNR = 30.0  # the combination users get, against dense
 TARGET_INTERACTION_DB = 0.5
 
 
-CACHES = ("first-block", "mag", "taylorseer")
+CACHES = tuple(name for name in CACHE_NAMES if name != "none")  # the caches dit_sparse names
 
 
 def caches(labels=CACHES, first_block_threshold: float = FIRST_BLOCK_THRESHOLD) -> dict:
