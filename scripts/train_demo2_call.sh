@@ -18,7 +18,7 @@ set -euo pipefail
 : "${OUT:?set OUT to the folder to return}" "${CALL_MINUTES:?}" "${TOTAL_MINUTES:?}"
 VAE_MINUTES=${VAE_MINUTES:-3}
 RUNS=${RUNS:-runs}
-TRAIN="python3 scripts/train_demo_model.py --size demo2 --data scenes"
+TRAIN="python3 scripts/train_demo_model.py --size demo2 --data scenes ${TRAIN_ARGS:-}"  # TRAIN_ARGS: e.g. --compile
 mkdir -p "$RUNS" "$OUT"
 exec > >(tee -a "$OUT/train.log") 2>&1
 if [ ! -f "$RUNS/demo2/training_progress.json" ]; then

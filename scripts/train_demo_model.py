@@ -50,7 +50,9 @@ next machine `cat demo2.tar.* | tar xf - -C runs`. scripts/train_demo2_call.sh i
 The first attempt trained demo2's VAE from random weights; its round trip failed the prompt check,
 and so the model showed nothing (docs/results/demo2_attempt1/). demo2's VAE now starts as a
 block-average codec (dit_sparse/demo/vae_init.py) and trains at --vae-lr 1e-5 only to refine it;
-if its held-out reconstruction gets worse, it goes back to the start.
+if its held-out reconstruction gets worse, it goes back to the start. --compile compiles the
+transformer's blocks (diffusers' regional compilation) for the transformer stage; whether it pays
+on the GPU is not measured yet (the log's steps/s says).
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ def parse_args(argv=None):
     p.add_argument("--pool", type=int, help="latents kept for reuse (default 16 x batch; 0: every clip fresh)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--max-sequence-length", type=int, default=32)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer's repeated blocks for training (diffusers' regional compilation)")
     p.add_argument("--ema", type=float, help="EMA decay of the transformer weights (0: off; default per --size: 0.999, "
                                              "demo2 0.997)")
     p.add_argument("--log-every", type=int, default=50)
@@ -500,6 +504,8 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
         betas=(0.9, 0.99), weight_decay=0.01,
     )
     ema = EMA(transformer, args.ema) if args.ema else None
+    if args.compile:  # in place: the weights, their names and the saved pipeline stay the same
+        transformer.compile_repeated_blocks(fullgraph=True)
     shift = pipe.scheduler.config.flow_shift
     noise_gen = torch.Generator(device).manual_seed(args.seed + 3)
     drop_gen = random.Random(args.seed + 4)
