@@ -50,6 +50,14 @@ def main(argv=None):
     if unknown := [c for c in caches if c not in CACHES]:
         sys.exit(f"unknown cache {unknown}; choose from {list(CACHES)}")
     schedules = load_schedules(args.schedules)
+    quality = json.loads(Path(args.quality).read_text()) if args.quality else None
+
+    def save(records, note=None) -> Path:
+        """The records with their demo PSNR (--quality), written to --out."""
+        if quality:
+            attach_quality(records, quality)
+        return write_results(args.out, records, command, note)
+
     if args.timings:
         if args.full_loop or args.tiny:
             sys.exit("--timings composes from recorded step times: it runs no loop and no model (drop --full-loop, --tiny)")
@@ -58,11 +66,9 @@ def main(argv=None):
             records = recompose(timings, names, caches, schedules, args.cache_in_warmup)
         except ValueError as error:
             sys.exit(str(error))
-        if args.quality:
-            attach_quality(records, json.loads(Path(args.quality).read_text()))
         note = (f"Composed without a GPU from the step times measured by `{timings['command']}` ({args.timings.name}), "
                 "with new skip schedules; no real loop was run.")
-        print(write_results(args.out, records, command, note).read_text(), flush=True)
+        print(save(records, note).read_text(), flush=True)
         return
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("bench_step_cache needs a CUDA GPU (or --tiny for the CPU check)")
@@ -74,9 +80,7 @@ def main(argv=None):
         records += run_model(key, caches, schedules, args.baseline, args.repeats, args.tiny, args.full_loop, device,
                              dtype, log, args.loop_caches.split(",") if args.loop_caches else None,
                              cache_in_warmup=args.cache_in_warmup)
-        if args.quality:
-            attach_quality(records, json.loads(Path(args.quality).read_text()))
-        md = write_results(args.out, records, command)
+        md = save(records)  # after each model, so that a later failure keeps what ran
     print(md.read_text(), flush=True)
 
 
