@@ -429,10 +429,6 @@ def store_latent_stats(vae, args, device: torch.device):
     for _ in range(math.ceil(args.stats_clips / chunk)):
         clips = source.batch(chunk, args.num_frames, args.resolution)[0]
         latents.append(encode(vae, clips, device))
-    with autocast(device):
-        recon = vae.decode(latents[-1]).sample.float()
-    psnr = clip_psnr(F.mse_loss(recon, clips).item())
-    print(f"[vae] reconstruction of {args.num_frames}-frame clips: psnr {psnr:.1f} dB", flush=True)
     latents = torch.cat(latents).transpose(0, 1).flatten(1).double()
     mean, std = latents.mean(1), latents.std(1)
     vae.register_to_config(latents_mean=[round(v, 5) for v in mean.tolist()], latents_std=[round(v, 5) for v in std.tolist()])
