@@ -1,2 +1,3 @@
-"""The quality studies on the bundled demo model (the presets' and the plan-caching studies):
-library code for scripts/quality_study.py and scripts/caching_study.py."""
+"""The studies on the demo models (the presets', plan-caching, step-cache and quantized-kernel studies,
+prompt following, the attention census and where along the noise schedule a model decides its clips):
+library code for the scripts of the same names."""
