@@ -7,8 +7,9 @@ in fp16, loadable with `WanPipeline.from_pretrained`):
   VAE config, where WanPipeline reads them to de-normalise latents before decoding.
 - transformer: the VAE is frozen; clips are rendered and encoded on the GPU, normalised, and the
   transformer and the text encoder (lower learning rate) learn Wan's rectified flow: x_t =
-  (1 - s) x0 + s noise, target noise - x0, timestep 1000 s, s logit-normal then shifted like the
-  scheduler's sigmas. Captions are dropped 10% of the time so classifier-free guidance works.
+  (1 - s) x0 + s noise, target noise - x0, timestep 1000 s, s logit-normal or uniform (--timestep-sampling)
+  then shifted like the scheduler's sigmas (--flow-shift, saved with the pipeline). Captions are
+  dropped 10% of the time so classifier-free guidance works.
   Encoding costs more than a training step, so each step encodes a few fresh clips into a pool
   of latents and fills the rest of its batch from the pool (--fresh, --pool).
 - all: vae, then transformer, in one process.
@@ -87,7 +88,10 @@ TRAIN_DEFAULTS = {  # per --size; "tiny" is for smoke tests on the CPU
               "vae_lr": 1e-5,  # its VAE starts as a working codec (vae_init), which 1e-4 already breaks on the 1st step
               # attempt 2 spent 46% of its time rendering and encoding 1 clip in 4, and its EMA of 0.999 lagged
               # ~700 steps behind a 1409-step run (docs/results/demo2_attempt2)
-              "fresh_share": 8, "ema": 0.997},
+              "fresh_share": 8, "ema": 0.997,
+              # attempt 2 decided its layouts between noise levels 0.997 and 0.97, which shift 3's sampler
+              # crosses in one step and logit-normal training barely visits (demo2_attempt2/noise_levels)
+              "flow_shift": 12.0, "timestep_sampling": "uniform"},
     "tiny": {"vae_batch": 2, "transformer_batch": 4, "stats_clips": 4, "resolution": 256, "low_every": 0, "vae_frames": 9,
              "vae_lr": 3e-4, "fresh_share": 4, "ema": 0.999},
 }
@@ -132,6 +136,11 @@ def parse_args(argv=None):
     p.add_argument("--fresh", type=int,
                    help="clips rendered and encoded per transformer step (default per --size: batch/4; demo2 batch/8)")
     p.add_argument("--pool", type=int, help="latents kept for reuse (default 16 x batch; 0: every clip fresh)")
+    p.add_argument("--flow-shift", type=float,
+                   help="the scheduler's flow shift, for training and, saved with the pipeline, for sampling "
+                        "(default per --size: the pipeline's own, 3 as built; demo2 12)")
+    p.add_argument("--timestep-sampling", choices=("logit-normal", "uniform"),
+                   help="distribution of the noise level before the shift (default per --size: logit-normal; demo2 uniform)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--max-sequence-length", type=int, default=32)
     p.add_argument("--compile", action="store_true",
@@ -150,6 +159,8 @@ def parse_args(argv=None):
     args.vae_frames = args.vae_frames or defaults["vae_frames"]
     args.vae_lr = args.vae_lr or defaults["vae_lr"]
     args.ema = defaults["ema"] if args.ema is None else args.ema
+    args.timestep_sampling = args.timestep_sampling or defaults.get("timestep_sampling", "logit-normal")
+    args.flow_shift = defaults.get("flow_shift") if args.flow_shift is None else args.flow_shift
     args.fresh_share = defaults["fresh_share"]
     args.vae_batch = args.batch_size or defaults["vae_batch"]
     args.transformer_batch = args.batch_size or defaults["transformer_batch"]
@@ -452,10 +463,19 @@ class LatentPool:
         self.size, self.cursor = size, 0
         self.latents, self.captions = [], []
         self.picker = torch.Generator().manual_seed(seed)
+        self.seconds = {"render": 0.0, "encode": 0.0}
+
+    def _timed(self, phase: str, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[phase] += time.perf_counter() - start
+        return out
 
     def fresh(self, n: int):
-        clips, captions = self.source.batch(n, self.args.num_frames, self.resolution)
-        return (encode(self.vae, clips, self.device) - self.mean) / self.std, captions
+        clips, captions = self._timed("render", self.source.batch, n, self.args.num_frames, self.resolution)
+        return (self._timed("encode", encode, self.vae, clips, self.device) - self.mean) / self.std, captions
 
     def batch(self, batch_size: int, num_fresh: int):
         latents, captions = self.fresh(num_fresh)
@@ -473,10 +493,18 @@ class LatentPool:
         return torch.cat([latents, reused]), captions + [self.captions[i] for i in picks]
 
 
-def flow_inputs(latents, shift: float, generator: torch.Generator):
-    """Noisy latents, timesteps and velocity targets of Wan's rectified flow."""
+def flow_inputs(latents, shift: float, generator: torch.Generator, sampling: str = "logit-normal"):
+    """Noisy latents, timesteps and velocity targets of Wan's rectified flow.
+
+    The noise level is u, logit-normal or uniform, shifted like the scheduler's sigmas. Uniform u
+    trains every level as often as a sampler with evenly spaced steps visits it, the ones next to
+    pure noise included, which logit-normal u reaches rarely.
+    """
     b = latents.shape[0]
-    u = torch.sigmoid(torch.randn(b, generator=generator, device=latents.device))
+    if sampling == "uniform":
+        u = torch.rand(b, generator=generator, device=latents.device)
+    else:
+        u = torch.sigmoid(torch.randn(b, generator=generator, device=latents.device))
     sigma = shift * u / (1 + (shift - 1) * u)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device)
     s = sigma.view(b, 1, 1, 1, 1)
@@ -502,10 +530,14 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
     ema = EMA(transformer, args.ema) if args.ema else None
     if args.compile:  # in place: the weights, their names and the saved pipeline stay the same
         transformer.compile_repeated_blocks(fullgraph=True)
+    if args.flow_shift is not None:  # saved with the pipeline: it samples at the shift it was trained at
+        pipe.scheduler.register_to_config(flow_shift=args.flow_shift)
     shift = pipe.scheduler.config.flow_shift
+    print(f"[transformer] noise levels: {args.timestep_sampling} u, flow shift {shift:g}", flush=True)
     noise_gen = torch.Generator(device).manual_seed(args.seed + 3)
     drop_gen = random.Random(args.seed + 4)
-    pool = LatentPool(vae, ClipSource(args.seed + 5, device, args.data), args, device, pool_size, args.resolution, args.seed + 2)
+    pool = LatentPool(vae, ClipSource(args.seed + 5, device, args.data), args, device, pool_size, args.resolution,
+                      args.seed + 2)
     named = generators(device, source=pool.source.generator, picker=pool.picker, noise=noise_gen, dropout=drop_gen)
     low = None  # (pool, batch, fresh) of the half-size steps
     if args.low_every:
@@ -532,7 +564,7 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
         data_seconds += time.perf_counter() - data_start
         samples += latents.shape[0]
         captions = ["" if drop_gen.random() < args.caption_dropout else c for c in captions]
-        noisy, timestep, target = flow_inputs(latents, shift, noise_gen)
+        noisy, timestep, target = flow_inputs(latents, shift, noise_gen, args.timestep_sampling)
         set_lr(optimizer, budget.lr_scale(step))
         with autocast(device):
             embeds = pipe._get_t5_prompt_embeds(  # the pipeline's own text path: eos appended, zeros past each prompt
@@ -549,8 +581,11 @@ def train_transformer(pipe: WanPipeline, args, device: torch.device, checkpoint:
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % args.log_every == 0 or budget.done(step):
-            data_share = 100 * data_seconds / budget.this_call()
-            extra = f"lr {optimizer.param_groups[0]['lr']:.2e} data {data_share:.0f}% of the time"
+            call = budget.this_call()
+            pools = [pool] + ([low[0]] if low else [])
+            render, encoded = (100 * sum(p.seconds[k] for p in pools) / call for k in ("render", "encode"))
+            extra = (f"lr {optimizer.param_groups[0]['lr']:.2e} data {100 * data_seconds / call:.0f}% of the time "
+                     f"(render {render:.0f}%, encode {encoded:.0f}%)")
             log("transformer", step, budget, running, samples, extra)
         if budget.call_over():
             break

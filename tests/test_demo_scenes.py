@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -236,3 +237,52 @@ def test_compiled_training_matches_eager(tmp_path, capsys):
     assert list(compiled) == list(eager)
     for key in ("blocks.0.attn1.to_q.weight", "proj_out.weight"):
         torch.testing.assert_close(compiled[key], eager[key], atol=1e-3, rtol=1e-3)
+
+
+
+def test_log_splits_the_data_time_into_rendering_and_encoding(tmp_path, capsys):
+    """The data share of a transformer step's log line is split into rendering and encoding, which it contains."""
+    train = load_training_script()
+    train.main(["--size", "tiny", "--data", "scenes", "--stage", "transformer", "--steps", "2", "--num-frames", "5",
+                "--resolution", "32", "--batch-size", "2", "--pool", "0", "--device", "cpu", "--log-every", "1",
+                "--warmup", "1", "--ema", "0", "--low-every", "2", "--out", str(tmp_path / "run")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[transformer] step ")]
+    assert len(lines) == 2
+    for line in lines:
+        data, render, encoded = (float(re.search(rf"{key} (\d+)%", line).group(1)) for key in ("data", "render", "encode"))
+        assert encoded > 0 and render + encoded <= data + 2  # each share is rounded
+
+
+def test_uniform_noise_levels_reach_pure_noise_as_often_as_the_sampler():
+    """Uniform u, shifted, puts as many training levels above 0.99 as a uniform sampler; logit-normal far fewer."""
+    train = load_training_script()
+    latents = torch.zeros(20000, 1, 1, 1, 1)
+    levels = {}
+    for sampling in ("uniform", "logit-normal"):
+        _, timestep, _ = train.flow_inputs(latents, 10.0, torch.Generator().manual_seed(0), sampling)
+        levels[sampling] = timestep / 1000
+    u = 0.99 / (10 - 9 * 0.99)  # the u that shift 10 takes to level 0.99: s = 10 u / (1 + 9 u)
+    assert (levels["uniform"] > 0.99).float().mean() == pytest.approx(1 - u, abs=0.01)
+    assert (levels["logit-normal"] > 0.99).float().mean() < 0.4 * (1 - u)
+    assert levels["uniform"].min() >= 0 and levels["uniform"].max() <= 1
+
+
+def test_flow_shift_is_trained_and_saved_with_the_pipeline(tmp_path, capsys):
+    """--flow-shift goes into the saved scheduler, so the pipeline samples at the shift it was trained at."""
+    train = load_training_script()
+    train.main(["--size", "tiny", "--stage", "transformer", "--steps", "1", "--num-frames", "5", "--resolution", "32",
+                "--batch-size", "2", "--pool", "0", "--device", "cpu", "--flow-shift", "12", "--timestep-sampling",
+                "uniform", "--out", str(tmp_path / "run")])
+    assert "noise levels: uniform u, flow shift 12" in capsys.readouterr().out
+    pipe = WanPipeline.from_pretrained(tmp_path / "run", dtype=torch.float32)
+    assert pipe.scheduler.config.flow_shift == 12
+
+
+def test_demo2_trains_uniform_levels_at_shift_12_unless_told_otherwise():
+    train = load_training_script()
+    demo2 = train.parse_args(["--size", "demo2", "--stage", "transformer", "--out", "x"])
+    assert (demo2.flow_shift, demo2.timestep_sampling) == (12.0, "uniform")
+    demo = train.parse_args(["--size", "demo", "--stage", "transformer", "--out", "x"])
+    assert (demo.flow_shift, demo.timestep_sampling) == (None, "logit-normal")
+    told = train.parse_args(["--size", "demo2", "--stage", "transformer", "--flow-shift", "5", "--timestep-sampling", "logit-normal", "--out", "x"])
+    assert (told.flow_shift, told.timestep_sampling) == (5.0, "logit-normal")
