@@ -278,10 +278,10 @@ def test_flow_shift_is_trained_and_saved_with_the_pipeline(tmp_path, capsys):
     assert pipe.scheduler.config.flow_shift == 12
 
 
-def test_demo2_trains_uniform_levels_at_shift_12_unless_told_otherwise():
+def test_demo2_trains_uniform_levels_at_shift_20_unless_told_otherwise():
     train = load_training_script()
     demo2 = train.parse_args(["--size", "demo2", "--stage", "transformer", "--out", "x"])
-    assert (demo2.flow_shift, demo2.timestep_sampling) == (12.0, "uniform")
+    assert (demo2.flow_shift, demo2.timestep_sampling) == (20.0, "uniform")
     demo = train.parse_args(["--size", "demo", "--stage", "transformer", "--out", "x"])
     assert (demo.flow_shift, demo.timestep_sampling) == (None, "logit-normal")
     told = train.parse_args(["--size", "demo2", "--stage", "transformer", "--flow-shift", "5", "--timestep-sampling", "logit-normal", "--out", "x"])
