@@ -239,7 +239,6 @@ def test_compiled_training_matches_eager(tmp_path, capsys):
         torch.testing.assert_close(compiled[key], eager[key], atol=1e-3, rtol=1e-3)
 
 
-
 def test_log_splits_the_data_time_into_rendering_and_encoding(tmp_path, capsys):
     """The data share of a transformer step's log line is split into rendering and encoding, which it contains."""
     train = load_training_script()

@@ -23,7 +23,8 @@ def test_mean_predictor_loss_is_the_clip_power_over_the_level_squared():
 
 
 def test_a_larger_shift_keeps_the_first_steps_nearer_pure_noise():
-    low, high = first_levels(3, 20), first_levels(12, 20)
+    config = build_pipeline("tiny").scheduler.config
+    low, high = first_levels(config, 3, 20), first_levels(config, 12, 20)
     assert low[0] == high[0] == pytest.approx(1.0, abs=1e-3)
     assert all(h > l for h, l in zip(high[1:], low[1:]))
     assert low[1] == pytest.approx(3 * 0.95 / (1 + 2 * 0.95), abs=2e-3)

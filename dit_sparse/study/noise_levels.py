@@ -49,10 +49,9 @@ def flow_loss_by_level(pipe: WanPipeline, clips: torch.Tensor, captions: list[st
     return rows
 
 
-def first_levels(shift: float, steps: int, count: int = 5) -> list[float]:
-    """The noise levels at which the demo's UniPC scheduler evaluates the model first, at this shift."""
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
-                                        num_train_timesteps=1000)
+def first_levels(scheduler_config, shift: float, steps: int, count: int = 5) -> list[float]:
+    """The noise levels at which a pipeline's UniPC scheduler (its config) evaluates the model first, at this shift."""
+    scheduler = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=shift)
     scheduler.set_timesteps(steps)
     return [round(float(s), 4) for s in scheduler.sigmas[:count]]
 
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     clips = render_scenes(specs, args.num_frames, args.height, args.width)
     rows = flow_loss_by_level(pipe, clips, [caption_scene(s) for s in specs], seed=args.seed)
     shifts = [float(s) for s in args.shifts.split(",")]
-    firsts = {shift: first_levels(shift, args.steps) for shift in shifts}
+    firsts = {shift: first_levels(pipe.scheduler.config, shift, args.steps) for shift in shifts}
     command = shlex.join(["python", "scripts/noise_levels.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
         "# Flow loss per noise level: where the model decides its clips", "",
