@@ -1,10 +1,12 @@
 """The noise-level diagnosis of a demo model (dit_sparse.study.noise_levels) on the tiny pipeline."""
 
+import numpy as np
 import pytest
 import torch
 
 from dit_sparse.demo import build_pipeline, render_scenes, sample_scenes
-from dit_sparse.study.noise_levels import first_levels, flow_loss_by_level
+from dit_sparse.study.noise_levels import _normalised_latents, finish_from_level, first_levels, flow_loss_by_level
+from dit_sparse.study.prompt_following import generator_clip, round_trip
 
 
 def test_mean_predictor_loss_is_the_clip_power_over_the_level_squared():
@@ -28,3 +30,22 @@ def test_a_larger_shift_keeps_the_first_steps_nearer_pure_noise():
     assert low[0] == high[0] == pytest.approx(1.0, abs=1e-3)
     assert all(h > l for h, l in zip(high[1:], low[1:]))
     assert low[1] == pytest.approx(3 * 0.95 / (1 + 2 * 0.95), abs=2e-3)
+
+
+def test_finishing_with_the_exact_velocity_gives_back_the_clip(monkeypatch):
+    """A transformer that returns the true flow (x_s - x0) / s takes the Euler loop from any level to x0:
+    the result is the VAE round trip of the generator's clip, as from level 0 (no step at all)."""
+    pipe = build_pipeline("tiny")
+    prompt = "a red circle moving right on a blue background"
+    clip = torch.from_numpy(generator_clip(prompt, 5, 32, 32)).permute(3, 0, 1, 2)[None] * 2 - 1
+    x0 = _normalised_latents(pipe.vae, clip)[0]
+
+    def true_flow(hidden_states, timestep, encoder_hidden_states, return_dict=False):
+        return ((hidden_states - x0) / (timestep.view(-1, 1, 1, 1, 1) / 1000),)
+
+    monkeypatch.setattr(pipe.transformer, "forward", true_flow)
+    at_zero = finish_from_level(pipe, prompt, 0.0, 8, 5.0, 5, 32, 32)
+    assert at_zero.shape == (5, 32, 32, 3)
+    np.testing.assert_allclose(at_zero, round_trip(pipe.vae, generator_clip(prompt, 5, 32, 32)), atol=1e-5)
+    for level in (0.5, 0.97):
+        np.testing.assert_allclose(finish_from_level(pipe, prompt, level, 8, 5.0, 5, 32, 32), at_zero, atol=1e-4)

@@ -7,6 +7,12 @@ its floor is where the sampler creates the clip's layout; the scheduler's first 
 there, or the layout is fixed by the first step's guess from the noise. The table ends with the
 noise levels of the first sampling steps for each --shifts value.
 
+With --from-levels, a second table asks whether the model can finish a clip whose layout is given:
+the generator's clip of a study prompt, noised to level s, is denoised from there (Euler steps on
+the scheduler's own levels below s, classifier-free guidance) and checked as prompt_following
+checks a generated clip. If clips started inside the window follow their prompts and clips
+started from pure noise do not, what is missing is the first steps, not the rest.
+
     python scripts/noise_levels.py --model runs/demo2 --height 256 --width 256 --shifts 3,12 --out docs/results/x
 """
 
@@ -18,11 +24,15 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
+from dit_sparse.demo.prompt_check import check_clip, summarise
 from dit_sparse.demo.scenes import caption_scene, render_scenes, sample_scenes
+
+from .prompt_following import PROMPTS, generator_clip
 
 LEVELS = (0.9999, 0.999, 0.997, 0.99, 0.97, 0.94, 0.9, 0.8, 0.6, 0.4, 0.2)
 
@@ -31,11 +41,8 @@ LEVELS = (0.9999, 0.999, 0.997, 0.99, 0.97, 0.94, 0.9, 0.8, 0.6, 0.4, 0.2)
 def flow_loss_by_level(pipe: WanPipeline, clips: torch.Tensor, captions: list[str], levels=LEVELS, seed: int = 0,
                        max_sequence_length: int = 32) -> list[dict]:
     """Per noise level: the transformer's flow loss and that of the mean predictor x_s / s, on `clips` in [-1, 1]."""
-    device, vae = pipe.transformer.device, pipe.vae
-    z = torch.cat([vae.encode(clip[None].to(device)).latent_dist.mode() for clip in clips]).float()
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean, std = (torch.tensor(getattr(vae.config, k), device=device).view(shape) for k in ("latents_mean", "latents_std"))
-    x0 = (z - mean) / std
+    device = pipe.transformer.device
+    x0 = _normalised_latents(pipe.vae, clips)[0]
     embeds = pipe._get_t5_prompt_embeds(prompt=captions, max_sequence_length=max_sequence_length, device=device,
                                         dtype=torch.float32)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -47,6 +54,42 @@ def flow_loss_by_level(pipe: WanPipeline, clips: torch.Tensor, captions: list[st
         model, mean_only = (F.mse_loss(p.float(), noise - x0).item() for p in (pred, noisy / s))
         rows.append({"level": s, "model": model, "mean_predictor": mean_only, "ratio": model / mean_only})
     return rows
+
+
+def _normalised_latents(vae, clips: torch.Tensor) -> torch.Tensor:
+    device = next(vae.parameters()).device
+    z = torch.cat([vae.encode(clip[None].to(device)).latent_dist.mode() for clip in clips]).float()
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean, std = (torch.tensor(getattr(vae.config, k), device=device).view(shape) for k in ("latents_mean", "latents_std"))
+    return (z - mean) / std, mean, std
+
+
+@torch.no_grad()
+def finish_from_level(pipe: WanPipeline, prompt: str, level: float, steps: int, guidance: float, num_frames: int,
+                      height: int, width: int, seed: int = 0, max_sequence_length: int = 32) -> np.ndarray:
+    """The generator's clip of `prompt` noised to `level`, denoised by the model: (F, H, W, 3) frames in [0, 1].
+
+    Euler steps of the flow over the levels of the pipeline's scheduler (set to `steps`) below
+    `level`, with classifier-free guidance against the empty prompt, as the pipeline samples.
+    """
+    device = pipe.transformer.device
+    clip = torch.from_numpy(generator_clip(prompt, num_frames, height, width)).permute(3, 0, 1, 2)[None] * 2 - 1
+    x0, mean, std = _normalised_latents(pipe.vae, clip)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    x = (1 - level) * x0 + level * noise
+    pipe.scheduler.set_timesteps(steps)
+    levels = [level] + [float(s) for s in pipe.scheduler.sigmas if float(s) < level]
+    if levels[-1] != 0.0:
+        levels.append(0.0)
+    cond, uncond = pipe.encode_prompt(prompt, negative_prompt="", do_classifier_free_guidance=True,
+                                      max_sequence_length=max_sequence_length, device=device)
+    for s, s_next in zip(levels[:-1], levels[1:]):
+        timestep = torch.full((1,), s * 1000.0, device=device)
+        v_cond, v_uncond = (pipe.transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=e,
+                                             return_dict=False)[0] for e in (cond, uncond))
+        x = x + (s_next - s) * (v_uncond + guidance * (v_cond - v_uncond))
+    decoded = pipe.vae.decode(x * std + mean).sample[0].float().clamp(-1, 1)
+    return ((decoded + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()
 
 
 def first_levels(scheduler_config, shift: float, steps: int, count: int = 5) -> list[float]:
@@ -66,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shifts", default="3", help="comma-separated flow shifts whose first sampling levels to list")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-levels", default="", help="comma-separated levels to finish the generator's clips from")
+    ap.add_argument("--prompts", type=int, default=6, help="study prompts to finish from each --from-levels level")
+    ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="folder for noise_levels.json / .md (default: print only)")
     args = ap.parse_args(argv)
@@ -88,12 +134,27 @@ def main(argv: list[str] | None = None) -> None:
         f"First noise levels of the {args.steps}-step sampler:", "",
         *(f"- shift {shift:g}: {', '.join(str(s) for s in levels)}" for shift, levels in firsts.items()),
     ]
+    finished = []
+    for level in [float(v) for v in args.from_levels.split(",") if v]:
+        checks = [check_clip(finish_from_level(pipe, prompt, level, args.steps, args.guidance, args.num_frames,
+                                               args.height, args.width, args.seed), prompt)
+                  for prompt in PROMPTS[: args.prompts]]
+        finished.append({"level": level, **summarise(checks), "checks": checks})
+        print(f"from level {level}: follows {finished[-1]['follows']:.0%}", flush=True)
+    if finished:
+        lines += [
+            "", f"Finishing the generator's clips of {args.prompts} study prompts from level s (guidance "
+            f"{args.guidance:g}, the scheduler's levels below s):", "",
+            "| start level s | object visible | moves as asked | follows the prompt |", "|---|---|---|---|",
+            *(f"| {f['level']} | {f['visible']:.0%} | {f['moves']:.0%} | **{f['follows']:.0%}** |" for f in finished),
+        ]
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "noise_levels.md").write_text("\n".join(lines) + "\n")
-        payload = {"command": command, "levels": rows, "first_levels": {str(k): v for k, v in firsts.items()}}
+        payload = {"command": command, "levels": rows, "first_levels": {str(k): v for k, v in firsts.items()},
+                   "finished_from": finished}
         (out / "noise_levels.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
